@@ -1,0 +1,37 @@
+// AdamW (decoupled weight decay, Loshchilov & Hutter) over one contiguous parameter buffer,
+// with bias correction; `step` counts from 1.
+//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   p -= lr * ( (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps) + weight_decay * p )
+// And the gradient-norm helpers used for global-norm clipping:
+//   sum_squares = sum_i g[i]^2 (accumulated in double);  scale: g[i] *= factor.
+// Shapes: params, grads, m, v [n].
+#pragma once
+
+#include <cstddef>
+
+#include "core/ops/stream.h"
+
+namespace lora::ops {
+
+struct AdamWParams {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+};
+
+void adamw_update_cpu(float* params, const float* grads, float* m, float* v, size_t n,
+                      const AdamWParams& hp, long step);
+double sum_squares_cpu(const float* x, size_t n);
+void scale_cpu(float* x, float factor, size_t n);
+
+#ifdef LORA_WITH_CUDA
+void adamw_update_cuda(float* params, const float* grads, float* m, float* v, size_t n,
+                       const AdamWParams& hp, long step, cudaStream_t stream);
+// Writes sum of squares (as double) into *out_device, a device pointer.
+void sum_squares_cuda(double* out_device, const float* x, size_t n, cudaStream_t stream);
+void scale_cuda(float* x, float factor, size_t n, cudaStream_t stream);
+#endif
+
+}  // namespace lora::ops

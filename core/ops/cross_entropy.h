@@ -1,0 +1,28 @@
+// Fused softmax + cross-entropy over the vocabulary.
+//   loss[i] = logsumexp(logits[i, :]) - logits[i, targets[i]]
+// Backward writes (does not accumulate)
+//   dlogits[i, :] = (softmax(logits[i, :]) - onehot(targets[i])) * dloss
+// where dloss is the gradient of the objective with respect to each row's loss (1/n for the mean).
+// dlogits may alias logits (in place), so the logits never need a second buffer.
+// Shapes: logits, dlogits [n, vocab]; targets [n] int32 in [0, vocab); losses [n].
+#pragma once
+
+#include <cstdint>
+
+#include "core/ops/stream.h"
+
+namespace lora::ops {
+
+void cross_entropy_forward_cpu(float* losses, const float* logits, const int32_t* targets, int n,
+                               int vocab);
+void cross_entropy_backward_cpu(float* dlogits, const float* logits, const int32_t* targets,
+                                float dloss, int n, int vocab);
+
+#ifdef LORA_WITH_CUDA
+void cross_entropy_forward_cuda(float* losses, const float* logits, const int32_t* targets, int n,
+                                int vocab, cudaStream_t stream);
+void cross_entropy_backward_cuda(float* dlogits, const float* logits, const int32_t* targets,
+                                 float dloss, int n, int vocab, cudaStream_t stream);
+#endif
+
+}  // namespace lora::ops

@@ -1,0 +1,27 @@
+// LayerNorm over the last dimension (eps = 1e-5, as GPT-2).
+//   mean[i] = avg_j x[i, j];  rstd[i] = 1 / sqrt(var_j x[i, j] + eps)
+//   y[i, j] = (x[i, j] - mean[i]) * rstd[i] * weight[j] + bias[j]
+// Shapes: x, y [n, c]; weight, bias [c]; mean, rstd [n] (saved for backward).
+// Backward accumulates (+=) into dx, dweight, dbias; null dweight/dbias are skipped (frozen).
+#pragma once
+
+#include "core/ops/stream.h"
+
+namespace lora::ops {
+
+inline constexpr float kLayerNormEps = 1e-5f;
+
+void layernorm_forward_cpu(float* y, float* mean, float* rstd, const float* x, const float* weight,
+                           const float* bias, int n, int c);
+void layernorm_backward_cpu(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
+                            const float* weight, const float* mean, const float* rstd, int n, int c);
+
+#ifdef LORA_WITH_CUDA
+void layernorm_forward_cuda(float* y, float* mean, float* rstd, const float* x, const float* weight,
+                            const float* bias, int n, int c, cudaStream_t stream);
+void layernorm_backward_cuda(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
+                             const float* weight, const float* mean, const float* rstd, int n, int c,
+                             cudaStream_t stream);
+#endif
+
+}  // namespace lora::ops

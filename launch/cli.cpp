@@ -1,12 +1,268 @@
+// The `lora` command line. Parses arguments, sets up the world (MPI when launched by mpirun/srun),
+// runs the subcommand and turns exceptions into exit codes: 2 for invalid input, 1 for runtime
+// failures, 75 (or 130 for Ctrl-C) after a signal-triggered checkpoint. In a multi-rank job a
+// failing rank prints its rank, host and message and ends every rank (MPI_Abort), never a hang.
 #include "launch/cli.h"
 
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "launch/commands.h"
+#include "launch/world.h"
 
 namespace lora {
 
-int cli_main(int, char**) {
-  std::fprintf(stderr, "lora: not built yet\n");
-  return 1;
+namespace {
+
+const char* kMainHelp = R"(lora: LoRA fine-tuning of GPT-2 style models, data-parallel over MPI.
+
+usage: lora <command> [options]
+
+commands:
+  train CONFIG.yaml [--set key.path=value]... [--resume auto|none|PATH] [--log-all-ranks]
+                         train adapters (or the whole model with train.mode: full)
+  eval CONFIG.yaml [--adapter CKPT.h5] [--set ...]
+                         loss and perplexity on the validation data
+  generate CONFIG.yaml --prompt TEXT [--adapter CKPT.h5] [--tokens N] [--temperature T]
+                         continue a prompt (greedy, or sampled when T > 0)
+  inspect CKPT.h5        what a checkpoint holds
+
+Run `lora <command> --help` for a command's options.
+Launch data-parallel runs with `mpirun -np N lora train ...` or `srun lora train ...`.
+Exit codes: 0 done, 1 runtime failure, 2 invalid input, 75 stopped by a signal after a
+checkpoint (a wrapper may requeue), 130 stopped by Ctrl-C after a checkpoint.
+)";
+
+const char* kTrainHelp = R"(usage: lora train CONFIG.yaml [options]
+
+Trains per the config (see configs/ and the README for every key). Rank 0 prints a progress line
+every train.log_every steps and writes run.output_dir/metrics.jsonl and config.yaml.
+
+options:
+  --set key.path=value   override a config value (parsed as YAML; repeatable),
+                         e.g. --set lora.rank=16 --set lora.targets=[attn.qkv,mlp.fc]
+  --resume auto|none|PATH
+                         auto: continue from the newest valid checkpoint of the run, if any
+                         none: start fresh (default); PATH: that checkpoint file
+  --log-all-ranks        every rank also writes run.output_dir/rank-K.log
+  -h, --help             this text
+
+Signals: SIGTERM or SIGUSR1 stop all ranks at the next step boundary, write a checkpoint and
+exit 75; Ctrl-C (SIGINT) does the same and exits 130.
+)";
+
+const char* kEvalHelp = R"(usage: lora eval CONFIG.yaml [options]
+
+Prints the mean loss and perplexity on data.val (train.eval_batches x train.micro_batch
+sequences of data.seq_len tokens, the same ones training evaluates on).
+
+options:
+  --adapter CKPT.h5      evaluate with the adapters (or full weights) of this checkpoint
+  --set key.path=value   override a config value (repeatable)
+  -h, --help             this text
+)";
+
+const char* kGenerateHelp = R"(usage: lora generate CONFIG.yaml --prompt TEXT [options]
+
+Continues TEXT with the model of the config (byte-level text models; for token-format models the
+prompt is a comma-separated list of token ids and the output is token ids).
+
+options:
+  --prompt TEXT          the text to continue (required)
+  --adapter CKPT.h5      use the adapters (or full weights) of this checkpoint
+  --tokens N             how many tokens to generate (default 200)
+  --temperature T        0 for greedy decoding (default), > 0 to sample from softmax(logits / T)
+  --seed S               sampling seed (default 0)
+  --set key.path=value   override a config value (repeatable)
+  -h, --help             this text
+)";
+
+const char* kInspectHelp = R"(usage: lora inspect CKPT.h5
+
+Prints the checkpoint's step, tokens seen, world size, base-weights fingerprint, model shape,
+LoRA settings, each adapter's shape and norm, the optimizer state and the config it was trained
+with.
+)";
+
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  int expected = 0;
+  g_stop_signal.compare_exchange_strong(expected, sig);
+}
+
+void install_signal_handlers() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
+
+struct Args {
+  std::string command;
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string resume = "none";
+  std::string adapter;
+  std::string prompt;
+  bool has_prompt = false;
+  int tokens = 200;
+  float temperature = 0.0f;
+  uint64_t seed = 0;
+  bool log_all_ranks = false;
+  bool help = false;
+};
+
+long parse_long(const std::string& flag, const std::string& v) {
+  try {
+    size_t pos = 0;
+    long x = std::stol(v, &pos);
+    if (pos == v.size()) return x;
+  } catch (...) {
+  }
+  throw InputError(flag + ": expected an integer, got '" + v + "'");
+}
+
+float parse_float(const std::string& flag, const std::string& v) {
+  try {
+    size_t pos = 0;
+    float x = std::stof(v, &pos);
+    if (pos == v.size() && std::isfinite(x)) return x;
+  } catch (...) {
+  }
+  throw InputError(flag + ": expected a number, got '" + v + "'");
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  std::vector<std::string> v(argv + 1, argv + argc);
+  if (v.empty()) {
+    a.help = true;
+    return a;
+  }
+  a.command = v[0];
+  if (a.command == "-h" || a.command == "--help" || a.command == "help") {
+    a.command.clear();
+    a.help = true;
+    return a;
+  }
+  for (size_t i = 1; i < v.size(); ++i) {
+    const std::string& s = v[i];
+    auto value = [&](const std::string& flag) -> std::string {
+      const std::string prefix = flag + "=";
+      if (s.rfind(prefix, 0) == 0) return s.substr(prefix.size());
+      if (i + 1 >= v.size()) throw InputError(flag + ": expected a value");
+      return v[++i];
+    };
+    auto is = [&](const char* flag) {
+      return s == flag || s.rfind(std::string(flag) + "=", 0) == 0;
+    };
+    if (s == "-h" || s == "--help") a.help = true;
+    else if (is("--set")) a.overrides.push_back(value("--set"));
+    else if (is("--resume")) a.resume = value("--resume");
+    else if (is("--adapter")) a.adapter = value("--adapter");
+    else if (is("--prompt")) { a.prompt = value("--prompt"); a.has_prompt = true; }
+    else if (is("--tokens")) a.tokens = static_cast<int>(parse_long("--tokens", value("--tokens")));
+    else if (is("--temperature")) a.temperature = parse_float("--temperature", value("--temperature"));
+    else if (is("--seed")) a.seed = static_cast<uint64_t>(parse_long("--seed", value("--seed")));
+    else if (s == "--log-all-ranks") a.log_all_ranks = true;
+    else if (!s.empty() && s[0] == '-') throw InputError("unknown option '" + s + "' for `lora " + a.command + "` (see lora " + a.command + " --help)");
+    else if (a.config.empty()) a.config = s;
+    else throw InputError("unexpected argument '" + s + "' (one config/checkpoint file expected)");
+  }
+  return a;
+}
+
+const char* help_for(const std::string& command) {
+  if (command == "train") return kTrainHelp;
+  if (command == "eval") return kEvalHelp;
+  if (command == "generate") return kGenerateHelp;
+  if (command == "inspect") return kInspectHelp;
+  return kMainHelp;
+}
+
+}  // namespace
+
+int cli_main(int argc, char** argv) {
+  Args args;
+  try {
+    args = parse_args(argc, argv);
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "lora: error: %s\n", e.what());
+    return 2;
+  }
+  if (args.help) {
+    std::fputs(help_for(args.command), stdout);
+    return 0;
+  }
+  if (args.command != "train" && args.command != "eval" && args.command != "generate" &&
+      args.command != "inspect") {
+    std::fprintf(stderr, "lora: error: unknown command '%s'\n\n%s", args.command.c_str(), kMainHelp);
+    return 2;
+  }
+  if (args.config.empty()) {
+    std::fprintf(stderr, "lora: error: `lora %s` needs a %s file\n\n%s", args.command.c_str(),
+                 args.command == "inspect" ? "checkpoint" : "config", help_for(args.command));
+    return 2;
+  }
+  if (args.command == "inspect") {
+    try {
+      return run_inspect(args.config);
+    } catch (const InputError& e) {
+      std::fprintf(stderr, "lora: error: %s\n", e.what());
+      return 2;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "lora: error: %s\n", e.what());
+      return 1;
+    }
+  }
+
+  std::unique_ptr<World> world;
+  try {
+    world = std::make_unique<World>();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lora: error: cannot start: %s\n", e.what());
+    return 1;
+  }
+  // From here on a failure on any rank must end every rank.
+  auto fail = [&](int code, const char* what) -> int {
+    std::fprintf(stderr, "lora: %serror: %s\n", world->label().c_str(), what);
+    std::fflush(stderr);
+    if (world->size() > 1) world->abort(code);
+    return code;
+  };
+  try {
+    if (args.command == "train") {
+      install_signal_handlers();
+      TrainArgs ta{args.config, args.overrides, args.resume, args.log_all_ranks, &g_stop_signal};
+      return run_train(*world, ta);
+    }
+    if (args.command == "eval") return run_eval(*world, args.config, args.overrides, args.adapter);
+    if (!args.has_prompt) throw InputError("lora generate: --prompt TEXT is required");
+    GenerateArgs ga{args.config, args.overrides, args.adapter, args.prompt, args.tokens,
+                    args.temperature, args.seed};
+    return run_generate(*world, ga);
+  } catch (const InputError& e) {
+    return fail(2, e.what());
+  } catch (const std::exception& e) {
+    return fail(1, e.what());
+  }
 }
 
 }  // namespace lora

@@ -78,6 +78,9 @@ class Gpt2Model {
 
   // Bytes of activation + gradient working memory currently allocated (for reporting).
   size_t workspace_bytes() const;
+  // Bytes of parameter-gradient memory: the adapters' in lora mode (no base gradients exist),
+  // every parameter's in full mode.
+  size_t grad_bytes() const { return (base_grads_.size() + lora_grads_.size()) * sizeof(float); }
 
  private:
   struct Activations;

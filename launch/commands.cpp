@@ -1,0 +1,163 @@
+// train, eval, generate and inspect: the subcommands of the `lora` CLI.
+#include "launch/commands.h"
+
+#include <algorithm>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/data.h"
+#include "trainer/trainer.h"
+
+namespace lora {
+
+namespace {
+
+constexpr int kExitSignal = 75;       // stopped by SIGTERM/SIGUSR1 after a checkpoint
+constexpr int kExitInterrupted = 130; // stopped by Ctrl-C after a checkpoint
+
+std::unique_ptr<Gpt2Model> model_for_inference(const Config& cfg, const std::string& adapter) {
+  configure_threads(cfg.device.threads);
+  auto model = build_model(cfg);
+  if (!adapter.empty()) load_checkpoint_weights(*model, cfg, adapter);
+  return model;
+}
+
+}  // namespace
+
+int run_train(World& world, const TrainArgs& args) {
+  const Config cfg = load_config(args.config, args.overrides);
+  comm::Communicator& comm = world.communicator(cfg.comm.backend);
+  TrainOptions opts;
+  if (args.resume == "auto") {
+    opts.resume = ResumeMode::kAuto;
+  } else if (args.resume == "none" || args.resume.empty()) {
+    opts.resume = ResumeMode::kNone;
+  } else {
+    opts.resume = ResumeMode::kPath;
+    opts.resume_path = args.resume;
+  }
+  opts.overrides = args.overrides;
+  opts.stop_signal = args.stop_signal;
+  opts.log_all_ranks = args.log_all_ranks;
+  if (world.rank() == 0 && world.size() > 1)
+    std::cout << "lora: " << describe(world.env()) << ", " << world.size() << " ranks" << std::endl;
+  const TrainSummary s = train(cfg, comm, opts);
+  if (world.rank() == 0) {
+    char line[256];
+    std::snprintf(line, sizeof line, "lora: done at step %ld | train loss %.4f", s.steps_done,
+                  s.final_train_loss);
+    std::cout << line;
+    if (!std::isnan(s.final_val_loss)) {
+      std::snprintf(line, sizeof line, " | val loss %.4f (best %.4f at step %ld)",
+                    s.final_val_loss, s.best_val_loss, s.best_val_step);
+      std::cout << line;
+    }
+    if (!s.last_checkpoint.empty()) std::cout << " | checkpoint " << s.last_checkpoint;
+    std::cout << std::endl;
+  }
+  if (s.stop_signal != 0) {
+    if (world.rank() == 0)
+      std::cout << "lora: stopped by signal " << s.stop_signal << " after a checkpoint; continue with --resume auto"
+                << std::endl;
+    return s.stop_signal == SIGINT ? kExitInterrupted : kExitSignal;
+  }
+  return 0;
+}
+
+int run_eval(World& world, const std::string& config, const std::vector<std::string>& overrides,
+             const std::string& adapter) {
+  const Config cfg = load_config(config, overrides);
+  LORA_INPUT_CHECK(!cfg.data.val.empty(), config, ": data.val: `lora eval` needs validation data");
+  comm::Communicator& comm = world.communicator(cfg.comm.backend);
+  auto model = model_for_inference(cfg, adapter);
+  const TokenStream val(cfg.data.val, cfg.data.format, cfg.model.shape.vocab_size, cfg.data.seq_len);
+  const double loss = evaluate(*model, val, cfg, comm);
+  if (world.rank() == 0) {
+    char line[256];
+    std::snprintf(line, sizeof line, "val loss %.4f | perplexity %.3f | %ld sequences x %d tokens",
+                  loss, std::exp(loss), static_cast<long>(cfg.train.eval_batches) * cfg.train.micro_batch,
+                  cfg.data.seq_len);
+    std::cout << line << (adapter.empty() ? "" : " | adapter " + adapter) << std::endl;
+  }
+  return 0;
+}
+
+int run_generate(World& world, const GenerateArgs& args) {
+  const Config cfg = load_config(args.config, args.overrides);
+  LORA_INPUT_CHECK(args.tokens >= 0, "--tokens: expected a non-negative integer, got ", args.tokens);
+  LORA_INPUT_CHECK(args.temperature >= 0.0f, "--temperature: expected >= 0, got ", args.temperature);
+  if (world.rank() != 0) return 0;  // generation is a single-process job
+  auto model = model_for_inference(cfg, args.adapter);
+  const int V = cfg.model.shape.vocab_size, max_t = cfg.model.shape.max_seq_len;
+  const bool text = cfg.data.format == DataFormat::kText;
+
+  std::vector<int32_t> context;
+  if (text) {
+    for (unsigned char ch : args.prompt) context.push_back(ch);
+  } else {
+    std::stringstream ss(args.prompt);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      try {
+        const long id = std::stol(item);
+        LORA_INPUT_CHECK(id >= 0 && id < V, "--prompt: token id ", id, " outside [0, ", V, ")");
+        context.push_back(static_cast<int32_t>(id));
+      } catch (const std::invalid_argument&) {
+        throw InputError("--prompt: token-format models take comma-separated token ids, got '" +
+                         item + "'");
+      }
+    }
+  }
+  LORA_INPUT_CHECK(!context.empty(), "--prompt: expected a non-empty prompt");
+
+  Rng rng(hash_u64(args.seed, 0x67656eull));
+  std::vector<int32_t> generated;
+  std::vector<double> probs(V);
+  for (int i = 0; i < args.tokens; ++i) {
+    const int n = static_cast<int>(std::min<size_t>(context.size(), max_t));
+    const int32_t* window = context.data() + context.size() - n;
+    model->forward(window, nullptr, 1, n);
+    const float* logits = model->logits() + static_cast<size_t>(n - 1) * V;
+    int next = 0;
+    if (args.temperature == 0.0f) {
+      next = static_cast<int>(std::max_element(logits, logits + V) - logits);
+    } else {
+      const float mx = *std::max_element(logits, logits + V);
+      double sum = 0;
+      for (int v = 0; v < V; ++v) sum += probs[v] = std::exp((logits[v] - mx) / args.temperature);
+      double u = rng.next_uniform() * sum;
+      next = V - 1;
+      for (int v = 0; v < V; ++v) {
+        if ((u -= probs[v]) <= 0) {
+          next = v;
+          break;
+        }
+      }
+    }
+    context.push_back(next);
+    generated.push_back(next);
+  }
+  if (text) {
+    std::string s = args.prompt;
+    for (int32_t t : generated) s.push_back(static_cast<char>(t));
+    std::cout << s << std::endl;
+  } else {
+    for (size_t i = 0; i < context.size(); ++i) std::cout << (i ? "," : "") << context[i];
+    std::cout << std::endl;
+  }
+  return 0;
+}
+
+int run_inspect(const std::string& checkpoint) {
+  std::cout << describe_checkpoint(checkpoint);
+  return 0;
+}
+
+}  // namespace lora

@@ -1,0 +1,38 @@
+// The subcommands behind the CLI. Each returns an exit code and throws lora::InputError /
+// lora::Error for the CLI to report.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "launch/world.h"
+
+namespace lora {
+
+struct TrainArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string resume;  // auto | none | PATH
+  bool log_all_ranks = false;
+  const std::atomic<int>* stop_signal = nullptr;
+};
+
+struct GenerateArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string adapter;
+  std::string prompt;
+  int tokens = 200;
+  float temperature = 0.0f;
+  uint64_t seed = 0;
+};
+
+int run_train(World& world, const TrainArgs& args);
+int run_eval(World& world, const std::string& config, const std::vector<std::string>& overrides,
+             const std::string& adapter);
+int run_generate(World& world, const GenerateArgs& args);
+int run_inspect(const std::string& checkpoint);
+
+}  // namespace lora

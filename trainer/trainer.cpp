@@ -1,0 +1,540 @@
+#include "trainer/trainer.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "comm/grad_reducer.h"
+#include "core/error.h"
+#include "core/optimizer.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "trainer/lr_schedule.h"
+
+#include <yaml-cpp/yaml.h>
+#include <map>
+#include <set>
+
+namespace fs = std::filesystem;
+
+namespace lora {
+
+namespace {
+
+constexpr uint64_t kLoraInitStream = 0x6c6f7261ull;  // "lora"
+constexpr uint64_t kDropoutStream = 0x64726f70ull;   // "drop"
+constexpr uint64_t kEvalStream = 0x6576616cull;      // "eval"
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024.0 && u < 4) {
+    b /= 1024.0;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
+  return buf;
+}
+
+std::string human_count(double n) {
+  char buf[32];
+  if (n >= 1e9) std::snprintf(buf, sizeof buf, "%.2fB", n / 1e9);
+  else if (n >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
+  else if (n >= 1e3) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", n);
+  return buf;
+}
+
+std::string human_duration(double s) {
+  char buf[32];
+  if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s) / 60, int(s) % 60);
+  else std::snprintf(buf, sizeof buf, "%dh%02dm", int(s) / 3600, (int(s) % 3600) / 60);
+  return buf;
+}
+
+// The sequences of one micro-batch: global indices rank + world * (micro * m + j), j < m.
+void fill_batch(const TokenStream& data, uint64_t seed, uint64_t step, int rank, int world,
+                int micro, int m, int seq_len, std::vector<int32_t>& tokens,
+                std::vector<int32_t>& targets, std::vector<uint64_t>& seq_ids) {
+  for (int j = 0; j < m; ++j) {
+    const uint64_t global = static_cast<uint64_t>(rank) +
+                            static_cast<uint64_t>(world) * (static_cast<uint64_t>(micro) * m + j);
+    seq_ids[j] = global;
+    const size_t start = sequence_start(seed, step, global, data.size(), seq_len);
+    data.copy_sequence(start, seq_len, tokens.data() + static_cast<size_t>(j) * seq_len,
+                       targets.data() + static_cast<size_t>(j) * seq_len);
+  }
+}
+
+}  // namespace
+
+int configure_threads(int threads) {
+  int n = threads > 0 ? threads : static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+  return n;
+}
+
+std::unique_ptr<Gpt2Model> build_model(const Config& cfg) {
+  std::optional<LoraSpec> spec;
+  if (cfg.train.mode == TrainMode::kLora) spec = cfg.lora;
+  auto model = std::make_unique<Gpt2Model>(cfg.model.shape, cfg.train.mode, spec);
+  if (cfg.model.weights.empty()) {
+    model->init_base_random(cfg.run.seed);
+  } else {
+    load_gpt2_weights(cfg.model.weights, model->base_layout(), model->base_params());
+  }
+  model->init_lora(hash_u64(cfg.run.seed, kLoraInitStream));
+  return model;
+}
+
+uint64_t lora_grad_bytes(const ModelShape& shape, const LoraSpec& spec) {
+  return LoraLayout(shape, spec).n_params() * sizeof(float);
+}
+
+uint64_t full_grad_bytes(const ModelShape& shape) {
+  return Gpt2Layout(shape).n_params() * sizeof(float);
+}
+
+double evaluate(Gpt2Model& model, const TokenStream& val, const Config& cfg,
+                comm::Communicator& comm) {
+  const int T = cfg.data.seq_len, m = cfg.train.micro_batch;
+  const long total = static_cast<long>(cfg.train.eval_batches) * m;
+  std::vector<int32_t> tokens(static_cast<size_t>(m) * T), targets(tokens.size());
+  std::vector<uint64_t> ids(m);
+  double sums[2] = {0.0, 0.0};  // loss sum, sequence count
+  std::vector<long> mine;
+  for (long i = comm.rank(); i < total; i += comm.size()) mine.push_back(i);
+  for (size_t begin = 0; begin < mine.size(); begin += m) {
+    const int n = static_cast<int>(std::min<size_t>(m, mine.size() - begin));
+    for (int j = 0; j < n; ++j) {
+      const uint64_t i = static_cast<uint64_t>(mine[begin + j]);
+      ids[j] = i;
+      const size_t start = sequence_start(hash_u64(cfg.run.seed, kEvalStream), 0, i, val.size(), T);
+      val.copy_sequence(start, T, tokens.data() + static_cast<size_t>(j) * T,
+                        targets.data() + static_cast<size_t>(j) * T);
+    }
+    const float loss = model.forward(tokens.data(), targets.data(), n, T);
+    sums[0] += static_cast<double>(loss) * n;
+    sums[1] += n;
+  }
+  comm.all_reduce(std::span<double>(sums, 2), comm::ReduceOp::kSum);
+  return sums[1] > 0 ? sums[0] / sums[1] : std::numeric_limits<double>::quiet_NaN();
+}
+
+namespace {
+
+void flatten_yaml(const YAML::Node& node, const std::string& prefix,
+                  std::map<std::string, std::string>& out) {
+  if (node.IsMap()) {
+    for (const auto& kv : node)
+      flatten_yaml(kv.second, prefix.empty() ? kv.first.as<std::string>()
+                                             : prefix + "." + kv.first.as<std::string>(), out);
+  } else {
+    YAML::Emitter e;
+    e << YAML::Flow << node;
+    out[prefix] = e.c_str();
+  }
+}
+
+// Keys that change what the adapters mean or which data a step sees: never changed on resume.
+const std::set<std::string> kFrozenOnResume = {
+    "model.arch", "model.vocab_size", "model.n_layer", "model.n_head", "model.d_model",
+    "model.max_seq_len", "lora.rank", "lora.alpha", "lora.rslora", "lora.targets", "train.mode",
+    "run.seed", "data.format", "data.seq_len"};
+
+// Resume state that every rank needs, sent from rank 0 (only rank 0 reads the file).
+struct ResumeScalars {
+  int64_t has = 0, step = 0, tokens_seen = 0, optimizer_step = 0;
+};
+
+}  // namespace
+
+std::vector<std::string> resume_config_changes(const std::string& ckpt_yaml, const Config& cfg,
+                                               const std::string& path) {
+  std::map<std::string, std::string> old_keys, new_keys;
+  try {
+    flatten_yaml(YAML::Load(ckpt_yaml), "", old_keys);
+  } catch (const YAML::Exception& e) {
+    throw InputError(path + ": the stored config does not parse: " + e.what());
+  }
+  flatten_yaml(YAML::Load(cfg.resolved_yaml), "", new_keys);
+  std::vector<std::string> changes;
+  for (const auto& [key, value] : new_keys) {
+    auto it = old_keys.find(key);
+    const std::string old_value = it == old_keys.end() ? "(unset)" : it->second;
+    if (old_value == value) continue;
+    if (kFrozenOnResume.count(key))
+      throw InputError(path + ": cannot resume with " + key + " = " + value +
+                       ": the checkpoint was trained with " + key + " = " + old_value);
+    changes.push_back(key + ": " + old_value + " -> " + value);
+  }
+  return changes;
+}
+
+void check_checkpoint_fits(const CheckpointState& c, const std::string& path,
+                           const Gpt2Model& model, const Config& cfg) {
+  auto mismatch = [&](const std::string& what, const auto& ckpt_value, const auto& cfg_value) {
+    std::ostringstream os;
+    os << path << ": checkpoint " << what << " is " << ckpt_value << " but the config gives "
+       << cfg_value;
+    throw InputError(os.str());
+  };
+  if (c.arch != cfg.model.arch) mismatch("arch", c.arch, cfg.model.arch);
+  const ModelShape& a = c.shape;
+  const ModelShape& b = cfg.model.shape;
+  if (a.vocab_size != b.vocab_size) mismatch("model.vocab_size", a.vocab_size, b.vocab_size);
+  if (a.max_seq_len != b.max_seq_len) mismatch("model.max_seq_len", a.max_seq_len, b.max_seq_len);
+  if (a.n_layer != b.n_layer) mismatch("model.n_layer", a.n_layer, b.n_layer);
+  if (a.n_head != b.n_head) mismatch("model.n_head", a.n_head, b.n_head);
+  if (a.d_model != b.d_model) mismatch("model.d_model", a.d_model, b.d_model);
+  if (c.mode != cfg.train.mode)
+    mismatch("train.mode", train_mode_name(c.mode), train_mode_name(cfg.train.mode));
+  if (c.mode == TrainMode::kLora) {
+    const std::string fp = base_fingerprint(model.base_params(), model.n_base_params());
+    if (c.base_fingerprint != fp)
+      throw InputError(path + ": the adapters were trained on a base with fingerprint " +
+                       c.base_fingerprint + ", but this config's base (" +
+                       (cfg.model.weights.empty() ? std::string("random init from run.seed")
+                                                  : cfg.model.weights) +
+                       ") has fingerprint " + fp);
+    if (c.lora.rank != cfg.lora.rank) mismatch("lora.rank", c.lora.rank, cfg.lora.rank);
+    if (c.lora.alpha != cfg.lora.alpha) mismatch("lora.alpha", c.lora.alpha, cfg.lora.alpha);
+    if (c.lora.rslora != cfg.lora.rslora) mismatch("lora.rslora", c.lora.rslora, cfg.lora.rslora);
+    auto names = [](const LoraSpec& s) {
+      std::string out;
+      for (int t = 0; t < kNumLoraTargets; ++t)
+        if (s.has_target(static_cast<LoraTarget>(t)))
+          out += (out.empty() ? "" : ",") + std::string(lora_target_name(static_cast<LoraTarget>(t)));
+      return "[" + out + "]";
+    };
+    if (names(c.lora) != names(cfg.lora)) mismatch("lora.targets", names(c.lora), names(cfg.lora));
+  }
+  if (c.params.size() != model.n_trainable())
+    mismatch("parameter count", c.params.size(), model.n_trainable());
+}
+
+void load_checkpoint_weights(Gpt2Model& model, const Config& cfg, const std::string& path) {
+  const CheckpointState c = read_checkpoint(path);
+  check_checkpoint_fits(c, path, model, cfg);
+  std::copy(c.params.begin(), c.params.end(), model.trainable_params());
+}
+
+TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptions& opts) {
+  const int rank = comm.rank(), world = comm.size();
+  const bool lead = rank == 0;
+  std::ostream& out = opts.out ? *opts.out : std::cout;
+  const int T = cfg.data.seq_len, m = cfg.train.micro_batch, accum = cfg.train.grad_accum;
+  const long global_batch = cfg.global_batch(world);
+  const uint64_t tokens_per_step = static_cast<uint64_t>(global_batch) * T;
+  comm.set_timeout(std::chrono::milliseconds(static_cast<long>(cfg.comm.timeout_s * 1000)));
+
+  TrainSummary summary;
+  const int threads = configure_threads(cfg.device.threads);
+
+  // Data: every rank holds the whole stream; the global index decides which sequence it reads.
+  const TokenStream train_data(cfg.data.train, cfg.data.format, cfg.model.shape.vocab_size, T);
+  TokenStream val_data;
+  if (!cfg.data.val.empty())
+    val_data = TokenStream(cfg.data.val, cfg.data.format, cfg.model.shape.vocab_size, T);
+
+  auto model = build_model(cfg);
+  const std::string fingerprint = base_fingerprint(model->base_params(), model->n_base_params());
+  // Every rank must train the same adapters on the same base: the base fingerprints are compared
+  // and rank 0's trainable parameters are broadcast (the only time parameters travel).
+  {
+    char root_fp[17] = {0};
+    std::copy_n(fingerprint.c_str(), std::min<size_t>(16, fingerprint.size()), root_fp);
+    comm.broadcast(root_fp, 16, comm::DType::kUint8, 0);
+    LORA_INPUT_CHECK(std::string(root_fp) == fingerprint, "rank ", rank, ": base weights (fingerprint ",
+                     fingerprint, ") differ from rank 0's (", root_fp,
+                     "): model.weights must be the same file on every node");
+    comm.broadcast(std::span<float>(model->trainable_params(), model->n_trainable()), 0);
+  }
+  summary.n_trainable = model->n_trainable();
+  summary.n_total = model->n_base_params() + model->n_lora_params();
+
+  ops::AdamWParams hp;
+  hp.lr = cfg.train.lr;
+  hp.weight_decay = cfg.train.weight_decay;
+  AdamW optimizer(model->n_trainable(), hp);
+
+  // ---- resume ----
+  const std::string ckpt_dir = cfg.checkpoint_dir();
+  std::string metrics_so_far;
+  ResumeScalars rs;
+  if (lead && opts.resume != ResumeMode::kNone) {
+    std::string path;
+    if (opts.resume == ResumeMode::kAuto) {
+      const CheckpointScan scan = find_latest_checkpoint(ckpt_dir);
+      for (const auto& [p, why] : scan.skipped)
+        out << "lora: resume: skipping invalid checkpoint " << p << ": " << why << "\n";
+      if (scan.latest_valid) path = *scan.latest_valid;
+      else out << "lora: resume: no valid checkpoint in " << ckpt_dir << ", starting fresh\n";
+    } else {
+      path = opts.resume_path;
+    }
+    if (!path.empty()) {
+      CheckpointState c = read_checkpoint(path);
+      check_checkpoint_fits(c, path, *model, cfg);
+      for (const std::string& change : resume_config_changes(c.config_yaml, cfg, path))
+        out << "lora: resume: changed " << change << "\n";
+      LORA_INPUT_CHECK(c.step <= cfg.train.steps, path, ": checkpoint is at step ", c.step,
+                       " but train.steps is ", cfg.train.steps);
+      std::copy(c.params.begin(), c.params.end(), model->trainable_params());
+      optimizer.m() = std::move(c.adam_m);
+      optimizer.v() = std::move(c.adam_v);
+      rs = {1, c.step, static_cast<int64_t>(c.tokens_seen), c.optimizer_step};
+      metrics_so_far = c.metrics_jsonl;
+      out << "lora: resume: from " << path << " at step " << c.step << " (" << c.tokens_seen
+          << " tokens seen, written by a world of " << c.world_size << ")";
+      if (c.world_size != world) out << "; continuing with a world of " << world;
+      out << std::endl;
+    }
+  }
+  comm.broadcast(&rs, 4, comm::DType::kInt64, 0);
+  if (rs.has) {
+    comm.broadcast(std::span<float>(model->trainable_params(), model->n_trainable()), 0);
+    comm.broadcast(std::span<float>(optimizer.m()), 0);
+    comm.broadcast(std::span<float>(optimizer.v()), 0);
+    optimizer.set_step(rs.optimizer_step);
+  }
+  long step = rs.step;
+  uint64_t tokens_seen = static_cast<uint64_t>(rs.tokens_seen);
+  summary.start_step = step;
+
+  fs::create_directories(cfg.run.output_dir);
+  std::ofstream metrics;
+  if (lead) {
+    std::ofstream(fs::path(cfg.run.output_dir) / "config.yaml") << cfg.resolved_yaml;
+    metrics.open(fs::path(cfg.run.output_dir) / "metrics.jsonl", std::ios::trunc);
+    metrics << metrics_so_far << std::flush;
+  }
+  std::ofstream rank_log;
+  if (opts.log_all_ranks)
+    rank_log.open(fs::path(cfg.run.output_dir) / ("rank-" + std::to_string(rank) + ".log"),
+                  std::ios::app);
+
+  const uint64_t grad_bytes = model->n_trainable() * sizeof(float);
+  if (lead) {
+    const uint64_t full_bytes = full_grad_bytes(cfg.model.shape);
+    char line[256];
+    out << "lora: " << cfg.run.name << " | " << train_mode_name(cfg.train.mode) << " | world "
+        << world << " x " << threads << " threads | comm " << comm.name() << "\n";
+    std::snprintf(line, sizeof line, "lora: params trainable %s of %s (%.3f%%)",
+                  human_count(double(summary.n_trainable)).c_str(),
+                  human_count(double(summary.n_total)).c_str(),
+                  100.0 * double(summary.n_trainable) / double(summary.n_total));
+    out << line;
+    if (cfg.train.mode == TrainMode::kLora)
+      out << " | rank " << cfg.lora.rank << " alpha " << cfg.lora.alpha << " scaling "
+          << cfg.lora.scaling() << " on " << model->lora_layout()->modules().size() << " modules";
+    out << "\n";
+    std::snprintf(line, sizeof line,
+                  "lora: all-reduce per step %s (%llu bytes) vs %s for full fine-tuning: %.1fx less",
+                  human_bytes(double(grad_bytes)).c_str(),
+                  static_cast<unsigned long long>(grad_bytes), human_bytes(double(full_bytes)).c_str(),
+                  double(full_bytes) / double(grad_bytes));
+    out << line << "\n";
+    out << "lora: global batch " << global_batch << " sequences x " << T << " = "
+        << tokens_per_step << " tokens/step | " << train_data.size() << " train tokens"
+        << " | base " << fingerprint << std::endl;
+  }
+
+  const size_t bucket_elems = std::max<size_t>(
+      1, static_cast<size_t>(cfg.comm.bucket_mb * 1024.0 * 1024.0 / sizeof(float)));
+  comm::GradReducer reducer(comm, std::span<float>(model->trainable_grads(), model->n_trainable()),
+                            bucket_elems, cfg.comm.overlap);
+  const GradReadyFn ready = [&](size_t offset, size_t count) { reducer.mark_ready(offset, count); };
+
+  std::vector<int32_t> tokens(static_cast<size_t>(m) * T), targets(tokens.size());
+  std::vector<uint64_t> seq_ids(m);
+  const uint64_t dropout_seed = hash_u64(cfg.run.seed, kDropoutStream);
+  const float loss_scale = 1.0f / static_cast<float>(accum * world);
+  float lr = lr_at(step, cfg.train);
+
+  // Rank 0 writes the checkpoint of the state after `step` steps; every rank then waits for it.
+  auto save_checkpoint = [&]() {
+    if (lead) {
+      const auto t0 = Clock::now();
+      CheckpointState c;
+      c.step = step;
+      c.tokens_seen = tokens_seen;
+      c.world_size = world;
+      c.base_fingerprint = fingerprint;
+      c.arch = cfg.model.arch;
+      c.shape = cfg.model.shape;
+      c.mode = cfg.train.mode;
+      c.lora = cfg.lora;
+      c.config_yaml = cfg.resolved_yaml;
+      c.optimizer_step = optimizer.step();
+      c.beta1 = hp.beta1;
+      c.beta2 = hp.beta2;
+      c.eps = hp.eps;
+      c.weight_decay = hp.weight_decay;
+      c.params.assign(model->trainable_params(), model->trainable_params() + model->n_trainable());
+      c.adam_m = optimizer.m();
+      c.adam_v = optimizer.v();
+      c.data_seed = cfg.run.seed;
+      c.data_cursor = step;
+      c.dropout_seed = dropout_seed;
+      c.lr = lr;
+      c.lr_warmup_steps = cfg.train.warmup_steps;
+      c.lr_total_steps = cfg.train.steps;
+      metrics.flush();
+      std::ifstream mf(fs::path(cfg.run.output_dir) / "metrics.jsonl");
+      c.metrics_jsonl.assign(std::istreambuf_iterator<char>(mf), std::istreambuf_iterator<char>());
+      const std::string path = (fs::path(ckpt_dir) / checkpoint_file_name(step)).string();
+      write_checkpoint(path, c);
+      prune_checkpoints(ckpt_dir, cfg.checkpoint.keep);
+      summary.last_checkpoint = path;
+      char line[512];
+      std::snprintf(line, sizeof line, "checkpoint %s (%.0f ms)", path.c_str(),
+                    1000.0 * seconds_since(t0));
+      out << line << std::endl;
+    }
+    comm.barrier();
+  };
+
+  const auto t_start = Clock::now();
+  auto t_window = Clock::now();
+  long window_steps = 0;
+  double window_comm_wait = 0.0;
+  uint64_t window_comm_bytes = 0;
+  double last_loss = std::numeric_limits<double>::quiet_NaN();
+  long last_checkpoint_step = -1;
+
+  for (; step < cfg.train.steps; ++step) {
+    // All ranks agree whether to stop before starting a step (a signal may reach only some).
+    if (opts.stop_signal) {
+      int32_t sig = opts.stop_signal->load();
+      if (world > 1) comm.all_reduce(std::span<int32_t>(&sig, 1), comm::ReduceOp::kMax);
+      if (sig != 0) {
+        summary.stop_signal = sig;
+        break;
+      }
+    }
+    const double wait_before = comm.stats().wait_seconds;
+    const uint64_t bytes_before = comm.stats().all_reduce_bytes;
+    lr = lr_at(step, cfg.train);
+    model->zero_grads();
+    double loss_sum = 0.0;
+    for (int k = 0; k < accum; ++k) {
+      fill_batch(train_data, cfg.run.seed, step, rank, world, k, m, T, tokens, targets, seq_ids);
+      ForwardOptions fo;
+      fo.training = true;
+      fo.dropout_seed = dropout_seed;
+      fo.step = static_cast<uint64_t>(step);
+      fo.seq_ids = seq_ids.data();
+      loss_sum += model->forward(tokens.data(), targets.data(), m, T, fo);
+      const bool last = k == accum - 1;
+      if (last) reducer.begin_step();
+      model->backward(loss_scale, last ? ready : nullptr);
+    }
+    reducer.finish();
+    const uint64_t step_grad_bytes = comm.stats().all_reduce_bytes - bytes_before;
+    // Loss of the step, averaged over ranks (bookkeeping, not part of the gradient traffic).
+    double loss = loss_sum / accum;
+    if (world > 1) comm.all_reduce(std::span<double>(&loss, 1), comm::ReduceOp::kAverage);
+    const float grad_norm = clip_grad_norm(model->trainable_grads(), model->n_trainable(),
+                                           cfg.train.grad_clip);
+    optimizer.update(model->trainable_params(), model->trainable_grads(), lr);
+    tokens_seen += tokens_per_step;
+    last_loss = loss;
+    ++window_steps;
+    window_comm_wait += comm.stats().wait_seconds - wait_before;
+    window_comm_bytes += step_grad_bytes;
+    if (!std::isfinite(loss))
+      throw Error("training diverged: loss is " + std::to_string(loss) + " at step " +
+                  std::to_string(step + 1) + " (lower train.lr or set train.grad_clip)");
+
+    const long done = step + 1;
+    const bool is_last = done == cfg.train.steps;
+    const bool do_eval = !val_data.tokens().empty() &&
+                         ((cfg.train.eval_every > 0 && done % cfg.train.eval_every == 0) || is_last);
+    double val_loss = std::numeric_limits<double>::quiet_NaN();
+    if (do_eval) {
+      val_loss = evaluate(*model, val_data, cfg, comm);
+      summary.final_val_loss = val_loss;
+      if (!(summary.best_val_loss <= val_loss)) {
+        summary.best_val_loss = val_loss;
+        summary.best_val_step = done;
+      }
+    }
+    if (done % cfg.train.log_every == 0 || is_last || do_eval) {
+      const double dt = seconds_since(t_window);
+      const double tok_s = dt > 0 ? double(window_steps * tokens_per_step) / dt : 0.0;
+      const double comm_ms = 1000.0 * window_comm_wait / window_steps;
+      const double bytes_step = double(window_comm_bytes) / window_steps;
+      const double eta = dt / window_steps * double(cfg.train.steps - done);
+      summary.tokens_per_s = tok_s;
+      if (lead) {
+        char line[512];
+        int n = std::snprintf(line, sizeof line,
+                              "step %ld/%ld | loss %.4f | lr %.2e | %.0f tok/s | comm %s/step, "
+                              "%.2f ms exposed | eta %s",
+                              done, cfg.train.steps, loss, lr, tok_s,
+                              human_bytes(bytes_step).c_str(), comm_ms, human_duration(eta).c_str());
+        if (do_eval) std::snprintf(line + n, sizeof line - n, " | val %.4f", val_loss);
+        out << line << std::endl;
+        char json[768];
+        int j = std::snprintf(json, sizeof json,
+                              "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6e, \"tokens_per_s\": %.1f, "
+                              "\"tokens_seen\": %llu, \"comm_bytes_per_step\": %.0f, "
+                              "\"comm_exposed_ms_per_step\": %.4f, \"grad_norm\": %.6f, "
+                              "\"elapsed_s\": %.3f",
+                              done, loss, lr, tok_s, static_cast<unsigned long long>(tokens_seen),
+                              bytes_step, comm_ms, grad_norm, seconds_since(t_start));
+        if (do_eval) j += std::snprintf(json + j, sizeof json - j, ", \"val_loss\": %.6f", val_loss);
+        std::snprintf(json + j, sizeof json - j, "}");
+        metrics << json << "\n" << std::flush;
+      }
+      if (rank_log.is_open())
+        rank_log << "step " << done << " loss " << loss << " grad_norm " << grad_norm << std::endl;
+      t_window = Clock::now();
+      window_steps = 0;
+      window_comm_wait = 0.0;
+      window_comm_bytes = 0;
+    }
+    if (cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0 && !is_last) {
+      step = done;  // the state now is "done steps completed"
+      save_checkpoint();
+      last_checkpoint_step = step;
+      step = done - 1;
+    }
+  }
+  summary.steps_done = step;
+  summary.final_train_loss = last_loss;
+  summary.grad_bytes_per_step = grad_bytes;
+  if (rank_log.is_open())
+    rank_log << "trainable parameters fingerprint "
+             << base_fingerprint(model->trainable_params(), model->n_trainable()) << " after step "
+             << step << std::endl;
+  // Final (or signal-triggered) checkpoint of the state after `step` steps.
+  if (last_checkpoint_step != step) save_checkpoint();
+  if (lead && cfg.train.mode == TrainMode::kFull && summary.stop_signal == 0) {
+    const std::string path = (fs::path(cfg.run.output_dir) / "model.safetensors").string();
+    save_gpt2_weights(path, model->base_layout(), model->base_params());
+    out << "lora: saved full weights to " << path << std::endl;
+  }
+  return summary;
+}
+
+}  // namespace lora

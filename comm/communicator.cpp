@@ -17,6 +17,17 @@ size_t dtype_size(DType t) {
   return 0;
 }
 
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat64: return "float64";
+    case DType::kInt32: return "int32";
+    case DType::kInt64: return "int64";
+    case DType::kUint8: return "uint8";
+  }
+  return "unknown";
+}
+
 void Communicator::wait(Work& work) {
   const auto t0 = std::chrono::steady_clock::now();
   work.wait(timeout_);

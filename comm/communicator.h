@@ -22,6 +22,7 @@ enum class DType { kFloat32, kFloat64, kInt32, kInt64, kUint8 };
 enum class ReduceOp { kSum, kAverage, kMax, kMin };
 
 size_t dtype_size(DType t);
+const char* dtype_name(DType t);  // "float32", "float64", "int32", "int64", "uint8"
 
 template <typename T>
 constexpr DType dtype_of();
@@ -103,6 +104,8 @@ class LocalCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::string name() const override { return "local"; }
+  using Communicator::all_reduce_async;  // keep the typed span overloads visible
+  using Communicator::broadcast;
   std::unique_ptr<Work> all_reduce_async(void* data, size_t count, DType type,
                                          ReduceOp op) override;
   void broadcast(void*, size_t, DType, int root) override;

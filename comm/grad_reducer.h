@@ -8,11 +8,19 @@
 // and waits for every bucket (with the communicator's timeout) before the optimizer may read the
 // gradients. With overlap off, mark_ready only records and finish() does everything.
 // After finish(), every element of the buffer holds the sum over ranks.
+//
+// mark_ready is acted on only between begin_step() and finish() (calls during earlier micro-steps,
+// whose gradients are not final, are ignored). Ranges never marked are reduced by finish(), so a
+// caller that never marks anything still gets the full reduction. Bucket boundaries depend only on
+// the marked ranges, their order and bucket_elems (the same on every rank), and are the same with
+// overlap on or off; comm/grad_reducer.cpp states the rule.
 #pragma once
 
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -35,9 +43,18 @@ class GradReducer {
   std::span<float> grads_;
   size_t bucket_elems_;
   bool overlap_;
-  // ...implementation state lives in grad_reducer.cpp's members below
-  std::vector<std::unique_ptr<Work>> pending_;
-  std::vector<std::pair<size_t, size_t>> ready_;  // [begin, end) ranges not yet launched
+  using Range = std::pair<size_t, size_t>;  // [begin, end) element offsets into grads_
+
+  void add_range(Range r);     // bucketing: feeds filling_, launches full buckets
+  void launch(Range bucket);   // overlap: starts the all-reduce now; else queues it
+  void flush_filling();        // launches the bucket being filled, if any
+
+  std::vector<std::unique_ptr<Work>> pending_;  // all-reduces started, not yet waited
+  std::vector<Range> queued_;    // overlap off: buckets planned by mark_ready, started by finish()
+  std::map<size_t, size_t> marked_;  // begin -> end of every range marked this step
+  Range filling_{0, 0};          // the bucket being filled (one contiguous interval)
+  bool in_step_ = false;         // between begin_step() and finish()
+  size_t n_buckets_ = 0;         // buckets of the current step
   size_t n_buckets_last_step_ = 0;
 };
 

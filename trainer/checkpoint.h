@@ -1,0 +1,121 @@
+// Checkpoints: everything needed to resume a run, in one HDF5 file per checkpoint (DESIGN.md s. 4).
+//
+// File layout (readable by h5py and h5dump; strings are variable-length UTF-8):
+//   /                         attrs: format="lora-checkpoint", format_version=1, step, tokens_seen,
+//                             world_size, base_fingerprint, arch, created_utc (ISO 8601), config_yaml,
+//                             mode ("lora"|"full"), vocab_size, max_seq_len, n_layer, n_head, d_model,
+//                             checksum (hex hash of params, moments and rng states), complete=1 (last)
+//   lora mode:
+//   /adapters                 attrs: rank, alpha, dropout, rslora, targets ("attn.qkv,attn.proj"),
+//                             init_a, init_b
+//   /adapters/<module>/A      float32 [d_in, r]    <module> = h.{l}.attn.c_attn style (LoraModule::name)
+//   /adapters/<module>/B      float32 [r, d_out]   group attrs: rank, alpha, scaling
+//   /optimizer/<module>/{A_m, A_v, B_m, B_v}       AdamW moments, same shapes as A and B
+//   full mode (no /adapters):
+//   /base/<tensor>            float32, Hugging Face GPT-2 name and shape (Gpt2Layout::tensors())
+//   /optimizer/base/<tensor>/{m, v}
+//   both:
+//   /optimizer                attrs: step, beta1, beta2, eps, weight_decay
+//   /trainer                  attrs: data_seed, data_cursor, dropout_seed, lr, lr_warmup_steps,
+//                             lr_total_steps; datasets: rng_states uint64 [n], metrics_jsonl (string)
+//
+// Writing is atomic: the file is written as `<path>.tmp`, flushed, closed and fsync'd, renamed onto
+// `<path>` and the directory fsync'd, so a reader sees either the previous file or the complete new
+// one. A file killed mid-write is a `.tmp` that readers never look at. Reading validates everything
+// (format, version, completion flag, every dataset's presence, dtype and shape against the layout the
+// file declares, the checksum) and throws lora::InputError naming the file and the problem.
+// Not thread-safe (the serial HDF5 library is not): call from one thread at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/model/lora_layout.h"
+#include "core/model/shape.h"
+
+namespace lora {
+
+inline constexpr int kCheckpointFormatVersion = 1;
+
+struct CheckpointState {
+  long step = 0;  // optimizer steps completed
+  uint64_t tokens_seen = 0;
+  int world_size = 1;
+  std::string base_fingerprint;  // see base_fingerprint()
+  std::string arch = "gpt2";
+  ModelShape shape;
+  TrainMode mode = TrainMode::kLora;
+  LoraSpec lora;            // lora mode only: full-mode files store no adapters, and read back the default
+  std::string config_yaml;  // the resolved config, as text
+  std::string created_utc;  // set by write_checkpoint (the value passed in is ignored); filled on read
+  // AdamW
+  long optimizer_step = 0;
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  // lora mode: the adapter buffer in LoraLayout order (n = LoraLayout::n_params());
+  // full mode: the base buffer in Gpt2Layout order (n = Gpt2Layout::n_params()).
+  // adam_m and adam_v have the same size as params.
+  std::vector<float> params, adam_m, adam_v;
+  // trainer state
+  uint64_t data_seed = 0;            // the seed of the data order
+  long data_cursor = 0;              // next step whose batch will be drawn
+  uint64_t dropout_seed = 0;
+  std::vector<uint64_t> rng_states;  // any other generator states, may be empty
+  float lr = 0.0f;                   // learning rate of the last step
+  long lr_warmup_steps = 0, lr_total_steps = 0;
+  std::string metrics_jsonl;         // metrics so far (JSON lines)
+};
+
+// Number of elements params/adam_m/adam_v must hold for this state's mode, shape and LoRA spec.
+// Throws lora::InputError when the shape or spec is invalid.
+size_t checkpoint_param_count(const CheckpointState& state);
+
+// Writes atomically (see above); creates the parent directory when missing. Throws lora::Error
+// naming the path and the reason (disk full, unwritable directory, inconsistent vector sizes),
+// leaving any previous file at `path` untouched and no `.tmp` behind.
+void write_checkpoint(const std::string& path, const CheckpointState& state);
+
+// Opens and validates everything; throws lora::InputError naming the file and what is wrong (no such
+// file, not HDF5, truncated, not a checkpoint, newer format version, missing or misshapen dataset
+// such as '/adapters/h.1.attn.c_attn/B', checksum mismatch, ...).
+CheckpointState read_checkpoint(const std::string& path);
+
+// nullopt when `path` holds a valid checkpoint, else the reason it does not.
+std::optional<std::string> verify_checkpoint(const std::string& path);
+
+// "ckpt-<step>.h5" (no zero padding: directory scans sort numerically).
+std::string checkpoint_file_name(long step);
+// The step of a file named "ckpt-<step>.h5" (directories stripped), or nullopt for any other name
+// (including "ckpt-<step>.h5.tmp").
+std::optional<long> checkpoint_step_from_name(const std::string& path);
+
+struct CheckpointScan {
+  std::optional<std::string> latest_valid;  // path of the newest valid checkpoint
+  long latest_valid_step = -1;
+  std::vector<std::pair<std::string, std::string>> skipped;  // (path, reason) of newer invalid files
+};
+
+// Scans `dir` for ckpt-<step>.h5 files, newest first, and returns the first that validates (its step
+// attribute must also match its name). `.tmp` files and other names are ignored. A missing directory
+// yields an empty scan.
+CheckpointScan find_latest_checkpoint(const std::string& dir);
+
+// Deletes every ckpt-<step>.h5 older than the `keep`-th newest valid checkpoint in `dir` (keep < 1
+// counts as 1, so the newest valid one is never deleted). Invalid files newer than that are left for
+// inspection; nothing is deleted when no file validates. Throws lora::Error if a deletion fails.
+void prune_checkpoints(const std::string& dir, int keep);
+
+// 16 hex digits: a 64-bit hash of the n floats' bytes and of n. Identifies the frozen base a LoRA
+// checkpoint was trained on.
+std::string base_fingerprint(const float* base, size_t n);
+
+// Human-readable summary for `lora inspect`: step, tokens, world size, base fingerprint, arch and
+// shape, mode, LoRA spec (rank, alpha, scaling, rslora, targets, init), each adapter's (or, in full
+// mode, each tensor's) shape and Frobenius norm, optimizer and schedule state, the config.
+// Throws lora::InputError like read_checkpoint.
+std::string describe_checkpoint(const std::string& path);
+
+}  // namespace lora

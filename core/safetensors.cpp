@@ -1,0 +1,566 @@
+// safetensors reader/writer and the GPT-2 weight binding (see safetensors.h for the format).
+#include "core/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <charconv>
+#include <climits>
+#include <cstring>
+#include <set>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+
+#include "core/error.h"
+#include "core/json.h"
+
+namespace lora {
+
+static_assert(std::endian::native == std::endian::little,
+              "safetensors data is little-endian; reading and writing assume a little-endian host");
+
+namespace {
+
+// The reference implementation refuses headers above 100 MB; a GPT-2 XL header is ~60 KB.
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+constexpr size_t kConvertChunk = 1 << 16;  // elements per read when converting F16/BF16
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+std::string errno_string(int err) { return std::strerror(err); }
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1Fu;
+  const uint32_t mantissa = h & 0x3FFu;
+  if (exponent == 0) {
+    // Zero or subnormal: mantissa * 2^-24, exact in float32.
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return sign ? -magnitude : magnitude;
+  }
+  if (exponent == 31) return std::bit_cast<float>(sign | 0x7F800000u | (mantissa << 13));
+  return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
+}
+
+float bfloat16_to_float(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+
+// Multiplies with overflow detection; returns false on overflow.
+bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
+
+// A JSON value that is a non-negative integer.
+bool as_uint(const json::Value& v, uint64_t* out) {
+  if (!v.is_integer()) return false;
+  const int64_t i = v.as_int64();
+  if (i < 0) return false;
+  *out = static_cast<uint64_t>(i);
+  return true;
+}
+
+}  // namespace
+
+size_t safetensors_dtype_bytes(const std::string& dtype) {
+  static const std::unordered_map<std::string, size_t> kBytes = {
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"F8_E8M0", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},     {"U32", 4},
+      {"F32", 4},  {"F64", 8}, {"I64", 8}, {"U64", 8},     {"C64", 8}};
+  const auto it = kBytes.find(dtype);
+  return it == kBytes.end() ? 0 : it->second;
+}
+
+size_t SafetensorsTensor::numel() const {
+  size_t n = 1;
+  for (const int64_t d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+// ---- SafetensorsFile ----
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  LORA_INPUT_CHECK(fd_ >= 0, path, ": cannot open safetensors file: ", errno_string(errno));
+  try {
+    struct stat st {};
+    LORA_INPUT_CHECK(::fstat(fd_, &st) == 0, path, ": cannot stat: ", errno_string(errno));
+    LORA_INPUT_CHECK(S_ISREG(st.st_mode), path, ": not a regular file");
+    file_bytes_ = static_cast<size_t>(st.st_size);
+    LORA_INPUT_CHECK(file_bytes_ >= 8, path, ": file is ", file_bytes_,
+                     " bytes, too short for a safetensors file (it starts with an 8-byte header "
+                     "size)");
+
+    unsigned char size_le[8];
+    read_bytes(0, 8, size_le);
+    uint64_t header_bytes = 0;
+    for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | size_le[i];
+    LORA_INPUT_CHECK(header_bytes <= file_bytes_ - 8, path, ": header size ", header_bytes,
+                     " bytes is larger than the rest of the file (", file_bytes_ - 8,
+                     " bytes): not a safetensors file, or truncated");
+    LORA_INPUT_CHECK(header_bytes <= kMaxHeaderBytes, path, ": header size ", header_bytes,
+                     " bytes exceeds the ", kMaxHeaderBytes, "-byte limit");
+    data_begin_ = 8 + static_cast<size_t>(header_bytes);
+    const size_t data_bytes = file_bytes_ - data_begin_;
+
+    std::string header(static_cast<size_t>(header_bytes), '\0');
+    read_bytes(8, header.size(), header.data());
+    json::Value root;
+    try {
+      root = json::parse(header);
+    } catch (const json::ParseError& e) {
+      throw InputError(detail::concat(path, ": invalid JSON in the safetensors header at byte ",
+                                      e.offset(), " (file offset ", 8 + e.offset(),
+                                      "): ", e.reason()));
+    }
+    LORA_INPUT_CHECK(root.is_object(), path, ": safetensors header must be a JSON object, got ",
+                     json::type_name(root.type()));
+
+    for (const auto& [name, entry] : root.as_object()) {
+      if (name == "__metadata__") {
+        LORA_INPUT_CHECK(entry.is_object(), path,
+                         ": \"__metadata__\" must be an object of "
+                         "string values, got ",
+                         json::type_name(entry.type()));
+        for (const auto& [key, value] : entry.as_object()) {
+          LORA_INPUT_CHECK(value.is_string(), path, ": \"__metadata__\" key \"", key,
+                           "\" must be a string, got ", json::type_name(value.type()));
+          metadata_[key] = value.as_string();
+        }
+        continue;
+      }
+      const std::string where = detail::concat(path, ": tensor '", name, "': ");
+      LORA_INPUT_CHECK(entry.is_object(), where,
+                       "entry must be an object with dtype, shape and "
+                       "data_offsets, got ",
+                       json::type_name(entry.type()));
+      SafetensorsTensor t;
+      t.name = name;
+
+      const json::Value* dtype = entry.find("dtype");
+      const json::Value* shape = entry.find("shape");
+      const json::Value* offsets = entry.find("data_offsets");
+      LORA_INPUT_CHECK(dtype, where, "missing key \"dtype\"");
+      LORA_INPUT_CHECK(shape, where, "missing key \"shape\"");
+      LORA_INPUT_CHECK(offsets, where, "missing key \"data_offsets\"");
+
+      LORA_INPUT_CHECK(dtype->is_string(), where, "\"dtype\" must be a string, got ",
+                       json::type_name(dtype->type()));
+      t.dtype = dtype->as_string();
+      const size_t element_bytes = safetensors_dtype_bytes(t.dtype);
+      LORA_INPUT_CHECK(element_bytes > 0, where, "unknown dtype \"", t.dtype,
+                       "\" (expected one of F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL, "
+                       "...)");
+
+      LORA_INPUT_CHECK(shape->is_array(), where,
+                       "\"shape\" must be an array of non-negative "
+                       "integers, got ",
+                       json::dump(*shape));
+      uint64_t n_bytes = element_bytes;
+      for (const json::Value& d : shape->as_array()) {
+        uint64_t dim = 0;
+        LORA_INPUT_CHECK(as_uint(d, &dim) && dim <= static_cast<uint64_t>(INT64_MAX), where,
+                         "\"shape\" must be an array of non-negative integers, got ",
+                         json::dump(*shape));
+        LORA_INPUT_CHECK(checked_mul(n_bytes, dim, &n_bytes), where, "shape ", json::dump(*shape),
+                         " is too large");
+        t.shape.push_back(static_cast<int64_t>(dim));
+      }
+
+      uint64_t begin = 0, end = 0;
+      LORA_INPUT_CHECK(offsets->is_array() && offsets->size() == 2 &&
+                           as_uint(offsets->as_array()[0], &begin) &&
+                           as_uint(offsets->as_array()[1], &end) && begin <= end,
+                       where, "\"data_offsets\" must be [begin, end] with 0 <= begin <= end, got ",
+                       json::dump(*offsets));
+      LORA_INPUT_CHECK(end - begin == n_bytes, where, "data_offsets [", begin, ", ", end, "] span ",
+                       end - begin, " bytes, but shape ", shape_string(t.shape), " of ", t.dtype,
+                       " needs ", n_bytes, " bytes");
+      t.begin = static_cast<size_t>(begin);
+      t.end = static_cast<size_t>(end);
+      tensors_.push_back(std::move(t));
+    }
+
+    // Data inside the file: report the tensor reaching furthest, as that is the one truncation
+    // cut (or the header that lies most).
+    const SafetensorsTensor* last = nullptr;
+    for (const auto& t : tensors_)
+      if (!last || t.end > last->end) last = &t;
+    LORA_INPUT_CHECK(!last || last->end <= data_bytes, path, ": file is truncated: tensor '",
+                     last->name, "' ends at byte ", last->end,
+                     " of the data buffer, which holds "
+                     "only ",
+                     data_bytes, " bytes (file is ", file_bytes_,
+                     " bytes, the header needs at least ", data_begin_ + last->end, ")");
+
+    // No overlaps: sorted by begin, each non-empty tensor starts at or after the previous end.
+    std::vector<const SafetensorsTensor*> by_begin;
+    for (const auto& t : tensors_)
+      if (t.end > t.begin) by_begin.push_back(&t);
+    std::sort(by_begin.begin(), by_begin.end(),
+              [](const auto* a, const auto* b) { return a->begin < b->begin; });
+    for (size_t i = 1; i < by_begin.size(); ++i) {
+      const SafetensorsTensor* a = by_begin[i - 1];
+      const SafetensorsTensor* b = by_begin[i];
+      LORA_INPUT_CHECK(b->begin >= a->end, path, ": tensors '", a->name, "' [", a->begin, ", ",
+                       a->end, ") and '", b->name, "' [", b->begin, ", ", b->end,
+                       ") overlap in the data buffer");
+    }
+  } catch (...) {
+    ::close(fd_);
+    fd_ = -1;
+    throw;
+  }
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept
+    : path_(std::move(other.path_)),
+      fd_(std::exchange(other.fd_, -1)),
+      file_bytes_(other.file_bytes_),
+      data_begin_(other.data_begin_),
+      tensors_(std::move(other.tensors_)),
+      metadata_(std::move(other.metadata_)) {}
+
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    path_ = std::move(other.path_);
+    fd_ = std::exchange(other.fd_, -1);
+    file_bytes_ = other.file_bytes_;
+    data_begin_ = other.data_begin_;
+    tensors_ = std::move(other.tensors_);
+    metadata_ = std::move(other.metadata_);
+  }
+  return *this;
+}
+
+const SafetensorsTensor* SafetensorsFile::find(const std::string& name) const {
+  for (const auto& t : tensors_)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+void SafetensorsFile::read_bytes(size_t file_offset, size_t n_bytes, void* out) const {
+  auto* dst = static_cast<char*>(out);
+  while (n_bytes > 0) {
+    const ssize_t got = ::pread(fd_, dst, n_bytes, static_cast<off_t>(file_offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) throw Error(detail::concat(path_, ": read failed: ", errno_string(errno)));
+    if (got == 0)
+      throw Error(detail::concat(path_, ": unexpected end of file at byte ", file_offset,
+                                 " (was the file changed while open?)"));
+    dst += got;
+    file_offset += static_cast<size_t>(got);
+    n_bytes -= static_cast<size_t>(got);
+  }
+}
+
+void SafetensorsFile::read_f32(const SafetensorsTensor& tensor, float* out) const {
+  const size_t n = tensor.numel();
+  const size_t offset = data_begin_ + tensor.begin;
+  LORA_CHECK(tensor.end >= tensor.begin && data_begin_ + tensor.end <= file_bytes_, "tensor '",
+             tensor.name, "' is not a tensor of ", path_);
+  if (tensor.dtype == "F32") {
+    read_bytes(offset, n * sizeof(float), out);
+    return;
+  }
+  const bool is_f16 = tensor.dtype == "F16";
+  LORA_INPUT_CHECK(is_f16 || tensor.dtype == "BF16", path_, ": tensor '", tensor.name,
+                   "' has dtype ", tensor.dtype,
+                   ", which cannot be read as float32 (expected "
+                   "F32, F16 or BF16)");
+  std::vector<uint16_t> chunk(std::min(n, kConvertChunk));
+  for (size_t done = 0; done < n;) {
+    const size_t count = std::min(n - done, kConvertChunk);
+    read_bytes(offset + done * 2, count * 2, chunk.data());
+    if (is_f16) {
+      for (size_t i = 0; i < count; ++i) out[done + i] = half_to_float(chunk[i]);
+    } else {
+      for (size_t i = 0; i < count; ++i) out[done + i] = bfloat16_to_float(chunk[i]);
+    }
+    done += count;
+  }
+}
+
+std::vector<float> SafetensorsFile::read_f32(const std::string& name) const {
+  const SafetensorsTensor* t = find(name);
+  LORA_INPUT_CHECK(t, path_, ": no tensor named '", name, "'");
+  std::vector<float> out(t->numel());
+  read_f32(*t, out.data());
+  return out;
+}
+
+// ---- writing ----
+
+namespace {
+
+// Writes all of `data` to `fd`; false with errno set on failure.
+bool write_all(int fd, const void* data, size_t n_bytes) {
+  const auto* src = static_cast<const char*>(data);
+  while (n_bytes > 0) {
+    const ssize_t put = ::write(fd, src, n_bytes);
+    if (put < 0 && errno == EINTR) continue;
+    if (put <= 0) return false;
+    src += put;
+    n_bytes -= static_cast<size_t>(put);
+  }
+  return true;
+}
+
+}  // namespace
+
+void write_safetensors(const std::string& path, const std::vector<SafetensorsWriteTensor>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  json::Value header = json::Value::object();
+  if (!metadata.empty()) {
+    json::Value meta = json::Value::object();
+    for (const auto& [k, v] : metadata) meta.set(k, v);
+    header.set("__metadata__", std::move(meta));
+  }
+  std::set<std::string> names;
+  size_t offset = 0;
+  for (const auto& t : tensors) {
+    LORA_CHECK(!t.name.empty() && t.name != "__metadata__", "invalid tensor name '", t.name, "'");
+    LORA_CHECK(names.insert(t.name).second, "duplicate tensor name '", t.name, "'");
+    size_t numel = 1;
+    json::Value shape = json::Value::array();
+    for (const int64_t d : t.shape) {
+      LORA_CHECK(d >= 0, "tensor '", t.name, "': negative dimension in shape ",
+                 shape_string(t.shape));
+      numel *= static_cast<size_t>(d);
+      shape.push_back(d);
+    }
+    LORA_CHECK(t.data || numel == 0, "tensor '", t.name, "': null data");
+    json::Value entry = json::Value::object();
+    entry.set("dtype", "F32");
+    entry.set("shape", std::move(shape));
+    json::Value offsets = json::Value::array();
+    offsets.push_back(offset);
+    offsets.push_back(offset + numel * sizeof(float));
+    entry.set("data_offsets", std::move(offsets));
+    header.set(t.name, std::move(entry));
+    offset += numel * sizeof(float);
+  }
+  std::string text = json::dump(header);
+  text.append((8 - text.size() % 8) % 8, ' ');  // data buffer starts 8-byte aligned
+  unsigned char size_le[8];
+  for (int i = 0; i < 8; ++i) size_le[i] = static_cast<unsigned char>(text.size() >> (8 * i));
+
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    throw Error(detail::concat(tmp, ": cannot create safetensors file: ", errno_string(errno)));
+  bool ok = write_all(fd, size_le, 8) && write_all(fd, text.data(), text.size());
+  for (size_t i = 0; ok && i < tensors.size(); ++i) {
+    size_t numel = 1;
+    for (const int64_t d : tensors[i].shape) numel *= static_cast<size_t>(d);
+    ok = write_all(fd, tensors[i].data, numel * sizeof(float));
+  }
+  ok = ok && ::fsync(fd) == 0;
+  const int err = errno;
+  ok = (::close(fd) == 0) && ok;
+  if (!ok) {
+    ::unlink(tmp.c_str());
+    throw Error(detail::concat(tmp, ": cannot write safetensors file: ", errno_string(err)));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int rename_err = errno;
+    ::unlink(tmp.c_str());
+    throw Error(
+        detail::concat(path, ": cannot rename ", tmp, " into place: ", errno_string(rename_err)));
+  }
+  // Make the rename durable: fsync the directory (best effort; some filesystems refuse).
+  const size_t slash = path.find_last_of('/');
+  const std::string dir =
+      slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+}
+
+// ---- GPT-2 ----
+
+namespace {
+
+constexpr std::string_view kTransformerPrefix = "transformer.";
+
+// "h.12.attn.bias" -> 12 with rest "attn.bias"; false for names not of the form h.{i}.rest.
+bool split_block_name(std::string_view name, int* layer, std::string_view* rest) {
+  if (name.substr(0, 2) != "h.") return false;
+  size_t i = 2;
+  int value = 0;
+  while (i < name.size() && name[i] >= '0' && name[i] <= '9') {
+    if (value > (INT_MAX - 9) / 10) return false;
+    value = value * 10 + (name[i] - '0');
+    ++i;
+  }
+  if (i == 2 || i >= name.size() || name[i] != '.') return false;
+  if (i > 3 && name[2] == '0') return false;  // no leading zeros: "h.01" is not block 1
+  *layer = value;
+  *rest = name.substr(i + 1);
+  return true;
+}
+
+// Tensors a Hugging Face GPT-2 checkpoint may hold that our model does not take: the causal
+// mask buffers (recomputed, not learned) and the LM head (tied to wte).
+bool is_ignored_gpt2_tensor(std::string_view name) {
+  if (name == "lm_head.weight") return true;
+  int layer = 0;
+  std::string_view rest;
+  return split_block_name(name, &layer, &rest) &&
+         (rest == "attn.bias" || rest == "attn.masked_bias");
+}
+
+// The file's tensors under their names without the "transformer." prefix.
+struct Gpt2Index {
+  explicit Gpt2Index(const std::string& path) : file(path) {
+    for (const auto& t : file.tensors()) {
+      std::string_view name = t.name;
+      if (name.substr(0, kTransformerPrefix.size()) == kTransformerPrefix)
+        name.remove_prefix(kTransformerPrefix.size());
+      const auto [it, inserted] = by_name.emplace(std::string(name), &t);
+      LORA_INPUT_CHECK(inserted, path, ": tensor '", name, "' appears twice (as '",
+                       it->second->name, "' and '", t.name, "')");
+    }
+  }
+  const SafetensorsTensor* find(const std::string& name) const {
+    const auto it = by_name.find(name);
+    return it == by_name.end() ? nullptr : it->second;
+  }
+
+  SafetensorsFile file;
+  std::map<std::string, const SafetensorsTensor*> by_name;
+};
+
+int dim_as_int(const std::string& path, const SafetensorsTensor& t, size_t axis) {
+  const int64_t d = t.shape[axis];
+  LORA_INPUT_CHECK(d > 0 && d <= INT_MAX, path, ": tensor '", t.name, "': dimension ", axis,
+                   " of shape ", shape_string(t.shape), " is not a positive int");
+  return static_cast<int>(d);
+}
+
+ModelShape infer_shape(const Gpt2Index& index, int n_head) {
+  const std::string& path = index.file.path();
+  ModelShape s;
+  const SafetensorsTensor* wte = index.find("wte.weight");
+  const SafetensorsTensor* wpe = index.find("wpe.weight");
+  LORA_INPUT_CHECK(wte, path, ": missing tensor 'wte.weight': not a GPT-2 weights file");
+  LORA_INPUT_CHECK(wpe, path, ": missing tensor 'wpe.weight': not a GPT-2 weights file");
+  LORA_INPUT_CHECK(wte->shape.size() == 2, path, ": tensor '", wte->name,
+                   "': expected 2 dimensions [vocab_size, d_model], got ",
+                   shape_string(wte->shape));
+  LORA_INPUT_CHECK(wpe->shape.size() == 2, path, ": tensor '", wpe->name,
+                   "': expected 2 dimensions [max_seq_len, d_model], got ",
+                   shape_string(wpe->shape));
+  s.vocab_size = dim_as_int(path, *wte, 0);
+  s.d_model = dim_as_int(path, *wte, 1);
+  s.max_seq_len = dim_as_int(path, *wpe, 0);
+  LORA_INPUT_CHECK(wpe->shape[1] == s.d_model, path, ": tensor '", wpe->name, "': expected shape [",
+                   s.max_seq_len, ", ", s.d_model, "] (d_model from '", wte->name, "'), got ",
+                   shape_string(wpe->shape));
+  int max_layer = -1;
+  for (const auto& [name, t] : index.by_name) {
+    int layer = 0;
+    std::string_view rest;
+    if (split_block_name(name, &layer, &rest)) max_layer = std::max(max_layer, layer);
+  }
+  LORA_INPUT_CHECK(max_layer >= 0, path, ": no block tensors 'h.{i}.*': not a GPT-2 weights file");
+  s.n_layer = max_layer + 1;
+  s.n_head = n_head;
+  const auto it = index.file.metadata().find("n_head");
+  if (it != index.file.metadata().end()) {
+    int value = 0;
+    const std::string& text = it->second;
+    const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    LORA_INPUT_CHECK(ec == std::errc() && ptr == text.data() + text.size() && value > 0, path,
+                     ": __metadata__ \"n_head\": expected a positive integer, got \"", text, "\"");
+    s.n_head = value;
+  }
+  return s;
+}
+
+void check_shape(const Gpt2Index& index, const ModelShape& expected) {
+  const ModelShape got = infer_shape(index, 0);
+  std::string diffs;
+  auto compare = [&](const char* key, int want, int have) {
+    if (want == have) return;
+    if (!diffs.empty()) diffs += "; ";
+    diffs += detail::concat("model.", key, ": config says ", want, ", weights file has ", have);
+  };
+  compare("vocab_size", expected.vocab_size, got.vocab_size);
+  compare("max_seq_len", expected.max_seq_len, got.max_seq_len);
+  compare("n_layer", expected.n_layer, got.n_layer);
+  compare("d_model", expected.d_model, got.d_model);
+  if (got.n_head > 0) compare("n_head", expected.n_head, got.n_head);
+  LORA_INPUT_CHECK(diffs.empty(), index.file.path(),
+                   ": weights do not match the model config: ", diffs);
+}
+
+}  // namespace
+
+ModelShape infer_gpt2_shape(const std::string& path, int n_head) {
+  return infer_shape(Gpt2Index(path), n_head);
+}
+
+void check_gpt2_shape(const std::string& path, const ModelShape& expected) {
+  check_shape(Gpt2Index(path), expected);
+}
+
+void load_gpt2_weights(const std::string& path, const Gpt2Layout& layout, float* params) {
+  LORA_CHECK(params != nullptr, "null parameter buffer");
+  const Gpt2Index index(path);
+  check_shape(index, layout.shape());
+  for (const TensorInfo& info : layout.tensors()) {
+    const SafetensorsTensor* t = index.find(info.name);
+    LORA_INPUT_CHECK(t, path, ": missing tensor '", info.name, "' (expected shape ",
+                     shape_string(info.shape), ")");
+    LORA_INPUT_CHECK(t->shape == info.shape, path, ": tensor '", t->name, "': expected shape ",
+                     shape_string(info.shape), ", got ", shape_string(t->shape));
+  }
+  for (const auto& [name, t] : index.by_name) {
+    LORA_INPUT_CHECK(layout.find(name) || is_ignored_gpt2_tensor(name), path,
+                     ": unexpected tensor '", t->name,
+                     "' (not part of a GPT-2 model with n_layer=", layout.shape().n_layer, ")");
+  }
+  for (const TensorInfo& info : layout.tensors())
+    index.file.read_f32(*index.find(info.name), params + info.offset);
+}
+
+void save_gpt2_weights(const std::string& path, const Gpt2Layout& layout, const float* params,
+                       const std::map<std::string, std::string>& metadata) {
+  LORA_CHECK(params != nullptr, "null parameter buffer");
+  const ModelShape& s = layout.shape();
+  std::map<std::string, std::string> meta = {
+      {"format", "pt"},
+      {"arch", "gpt2"},
+      {"n_head", std::to_string(s.n_head)},
+      {"n_layer", std::to_string(s.n_layer)},
+      {"d_model", std::to_string(s.d_model)},
+      {"vocab_size", std::to_string(s.vocab_size)},
+      {"max_seq_len", std::to_string(s.max_seq_len)},
+  };
+  for (const auto& [k, v] : metadata) meta[k] = v;
+  std::vector<SafetensorsWriteTensor> tensors;
+  tensors.reserve(layout.tensors().size());
+  for (const TensorInfo& info : layout.tensors())
+    tensors.push_back({info.name, info.shape, params + info.offset});
+  write_safetensors(path, tensors, meta);
+}
+
+}  // namespace lora

@@ -1,0 +1,125 @@
+// safetensors files: reading (F32, F16, BF16 converted to float32), writing (F32), and the
+// binding of GPT-2 base weights (Hugging Face names) to our Gpt2Layout buffer.
+//
+// File format (https://github.com/huggingface/safetensors):
+//   [8 bytes]  N, little-endian uint64: the header size in bytes
+//   [N bytes]  UTF-8 JSON object: name -> {"dtype": "F32", "shape": [d0, d1, ...],
+//              "data_offsets": [begin, end]}, plus an optional "__metadata__" object of
+//              string -> string
+//   [rest]     the data buffer; a tensor's bytes are [begin, end) relative to the buffer start,
+//              little-endian, row-major, contiguous.
+//
+// SafetensorsFile validates the whole header when it is opened (header size within the file,
+// JSON valid, every entry complete, known dtype, end - begin == numel * dtype size, data inside
+// the file, no two tensors overlapping), so a malformed file is reported once, up front, as a
+// lora::InputError whose message starts with the file path. Reads use pread on an open file
+// descriptor; nothing is memory-mapped.
+//
+// GPT-2 binding: every tensor of a Gpt2Layout is looked up by its Hugging Face name
+// ("h.3.mlp.c_fc.weight", Conv1D orientation [in, out]); a "transformer." prefix is accepted;
+// the causal-mask buffers h.{i}.attn.bias / h.{i}.attn.masked_bias and lm_head.weight (tied to
+// wte) are ignored; any other extra tensor, a missing tensor or a wrong shape is an InputError.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/model/gpt2_layout.h"
+#include "core/model/shape.h"
+
+namespace lora {
+
+// Bytes per element of a safetensors dtype name ("F32" -> 4, "BF16" -> 2, "U8" -> 1, ...);
+// 0 for a name the format does not define (or a sub-byte type we do not read).
+size_t safetensors_dtype_bytes(const std::string& dtype);
+
+struct SafetensorsTensor {
+  std::string name;
+  std::string dtype;           // "F32", "F16", "BF16", "I64", ...
+  std::vector<int64_t> shape;  // row-major; [] is a scalar
+  size_t begin = 0;            // byte range [begin, end) in the data buffer
+  size_t end = 0;
+
+  size_t numel() const;
+};
+
+class SafetensorsFile {
+ public:
+  // Opens and validates `path`; throws lora::InputError naming the file and the problem.
+  explicit SafetensorsFile(const std::string& path);
+  ~SafetensorsFile();
+  SafetensorsFile(SafetensorsFile&& other) noexcept;
+  SafetensorsFile& operator=(SafetensorsFile&& other) noexcept;
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  // In header order.
+  const std::vector<SafetensorsTensor>& tensors() const { return tensors_; }
+  // nullptr when the file has no tensor of that name.
+  const SafetensorsTensor* find(const std::string& name) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  size_t file_bytes() const { return file_bytes_; }
+  size_t data_begin() const { return data_begin_; }  // file offset of the data buffer (8 + N)
+
+  // Reads `tensor` (one of tensors()) into out[0, numel), converting F16 and BF16 to float32.
+  // Any other dtype is a lora::InputError naming the file, tensor and dtype; an I/O failure is
+  // a lora::Error.
+  void read_f32(const SafetensorsTensor& tensor, float* out) const;
+  // Same, by name; a missing name is a lora::InputError.
+  std::vector<float> read_f32(const std::string& name) const;
+
+ private:
+  void read_bytes(size_t file_offset, size_t n_bytes, void* out) const;
+
+  std::string path_;
+  int fd_ = -1;
+  size_t file_bytes_ = 0;
+  size_t data_begin_ = 0;
+  std::vector<SafetensorsTensor> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// One float32 tensor to write.
+struct SafetensorsWriteTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  const float* data = nullptr;  // numel(shape) contiguous floats
+};
+
+// Writes the tensors as F32, in the given order, with `metadata` as "__metadata__" (omitted when
+// empty). The header is padded with spaces so the data buffer starts at a multiple of 8 bytes.
+// Atomic: writes path + ".tmp", fsyncs, renames over `path`. Invalid arguments (empty or
+// duplicate names, negative dims, null data) are a lora::Error; I/O failures a lora::Error.
+void write_safetensors(const std::string& path, const std::vector<SafetensorsWriteTensor>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// ---- GPT-2 base weights ----
+
+// The model shape a GPT-2 weights file holds: vocab_size and d_model from wte.weight,
+// max_seq_len from wpe.weight, n_layer = 1 + the highest i of any h.{i}.* tensor. n_head cannot
+// be read from the tensors: it comes from __metadata__ "n_head" when present, else stays
+// `n_head` (0: unknown). Throws lora::InputError for a file that is not GPT-2 shaped.
+ModelShape infer_gpt2_shape(const std::string& path, int n_head = 0);
+
+// Compares the file's shape (as inferred above) with `expected` and throws lora::InputError
+// listing every difference: "model.n_layer: config says 4, weights file FILE has 6".
+// n_head is compared only when the file's metadata records it.
+void check_gpt2_shape(const std::string& path, const ModelShape& expected);
+
+// Fills params[0, layout.n_params()) from the file: check_gpt2_shape first, then every layout
+// tensor by name (shape checked, F32/F16/BF16 converted). Missing, misshapen or unexpected
+// tensors are lora::InputError naming the file and tensor.
+void load_gpt2_weights(const std::string& path, const Gpt2Layout& layout, float* params);
+
+// Writes every layout tensor under its Hugging Face name as F32, with __metadata__
+// {"format": "pt", "arch": "gpt2", "n_head": ..., "n_layer": ..., "d_model": ...,
+//  "vocab_size": ..., "max_seq_len": ...} plus `metadata` (which may add or override keys),
+// atomically. The result loads through load_gpt2_weights like a file from the hub.
+void save_gpt2_weights(const std::string& path, const Gpt2Layout& layout, const float* params,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace lora

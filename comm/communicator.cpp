@@ -45,7 +45,9 @@ class DoneWork final : public Work {
 
 std::unique_ptr<Work> LocalCommunicator::all_reduce_async(void*, size_t count, DType type,
                                                           ReduceOp) {
-  stats_.all_reduce_bytes += count * dtype_size(type);
+  // One process sends nothing: the call is counted, its bytes are not.
+  (void)count;
+  (void)type;
   stats_.all_reduce_calls += 1;
   return std::make_unique<DoneWork>();
 }

@@ -82,6 +82,8 @@ TEST(Gpt2Model, AdapterGradientsMatchFiniteDifferences) {
     model.init_base_random(3);
     scale_base(model, 4.0f);
     model.init_lora(5);
+    // Moderate adapters keep the loss close to linear over the finite-difference step.
+    for (size_t i = 0; i < model.n_lora_params(); ++i) model.lora_params()[i] *= 0.3f;
     const Batch b = make_batch(17);
     for (const LoraModule& m : model.lora_layout()->modules()) {
       EXPECT_EQ(check_gradients(model, b, m.a_offset, m.a_offset + m.n_a(), 6, (m.name() + ".A").c_str()), 0);

@@ -8,7 +8,7 @@
 #include <chrono>
 #include <thread>
 
-#include "launch/harness.h"
+#include "tests/launch/harness.h"
 #include "trainer/checkpoint.h"
 
 namespace lora {

@@ -13,7 +13,7 @@
 
 #include "core/model/gpt2_layout.h"
 #include "core/model/lora_layout.h"
-#include "launch/harness.h"
+#include "tests/launch/harness.h"
 #include "trainer/checkpoint.h"
 
 namespace lora {

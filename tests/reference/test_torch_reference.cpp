@@ -50,9 +50,11 @@ TEST_P(TorchReference, LossLogitsAndAdapterGradientsMatch) {
   spec.init_b = LoraInitB::kGaussian;  // non-zero B so that dA is non-zero too
   Gpt2Model model(shape, TrainMode::kLora, spec);
   model.init_base_random(7);
-  // Larger than GPT-2's init so that every layer contributes visibly to the logits.
-  for (size_t i = 0; i < model.n_base_params(); ++i) model.base_params()[i] *= 5.0f;
+  // Twice GPT-2's init scale so that every layer contributes visibly to the logits, while the
+  // model stays well enough conditioned for float32 to agree with float64 to about 1e-5.
+  for (size_t i = 0; i < model.n_base_params(); ++i) model.base_params()[i] *= 2.0f;
   model.init_lora(11);
+  for (size_t i = 0; i < model.n_lora_params(); ++i) model.lora_params()[i] *= 0.5f;
 
   const int B = 3, T = 16;
   std::vector<int32_t> tokens(B * T), targets(B * T);

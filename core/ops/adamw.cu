@@ -4,8 +4,8 @@
 //   sum_squares: *out_device = sum_i x[i]^2, accumulated in double (per-thread partial sums,
 //                a block reduction, then one atomicAdd on a double per block; sm_60+).
 //   scale:       x[i] *= factor.
-// Shapes: params, grads, m, v, x [n]. Grid-stride kernels on the caller's stream. The bias
-// corrections are computed once on the host, in double, as the CPU version does.
+// Shapes: params, grads, m, v, x [n]. Grid-stride kernels on the caller's stream. The reciprocal
+// bias corrections 1 / (1 - b^step) are computed once on the host in double, as the CPU version.
 #include "core/ops/adamw.h"
 
 #include <cmath>
@@ -26,8 +26,7 @@ constexpr unsigned int kMaxReduceBlocks = 1024;
 
 static __global__ void adamw_kernel(float* params, const float* grads, float* m, float* v, size_t n,
                                     float lr, float beta1, float beta2, float eps,
-                                    float weight_decay, float bias_correction1,
-                                    float bias_correction2) {
+                                    float weight_decay, float bc1, float bc2) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const float g = grads[i];
@@ -35,10 +34,8 @@ static __global__ void adamw_kernel(float* params, const float* grads, float* m,
     const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
     m[i] = mi;
     v[i] = vi;
-    const float m_hat = mi / bias_correction1;
-    const float v_hat = vi / bias_correction2;
     const float p = params[i];
-    params[i] = p - lr * (m_hat / (sqrtf(v_hat) + eps) + weight_decay * p);
+    params[i] = p - lr * ((mi * bc1) / (sqrtf(vi * bc2) + eps) + weight_decay * p);
   }
 }
 
@@ -66,23 +63,26 @@ void adamw_update_cuda(float* params, const float* grads, float* m, float* v, si
   LORA_CHECK(params != nullptr && grads != nullptr && m != nullptr && v != nullptr,
              "params, grads, m, v must not be null");
   LORA_CHECK(n > 0, "n must be positive");
-  LORA_CHECK(step >= 1, "AdamW step counts from 1, got ", step);
-  LORA_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f && hp.beta2 >= 0.0f && hp.beta2 < 1.0f,
-             "betas must be in [0, 1): beta1=", hp.beta1, " beta2=", hp.beta2);
+  LORA_CHECK(step >= 1, "step counts from 1, got ", step);
+  LORA_CHECK(std::isfinite(hp.lr) && hp.lr >= 0.0f, "lr must be finite and >= 0, got ", hp.lr);
+  LORA_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f, "beta1 must be in [0, 1), got ", hp.beta1);
+  LORA_CHECK(hp.beta2 >= 0.0f && hp.beta2 < 1.0f, "beta2 must be in [0, 1), got ", hp.beta2);
   LORA_CHECK(hp.eps > 0.0f, "eps must be positive, got ", hp.eps);
-  const float bias_correction1 =
-      static_cast<float>(1.0 - std::pow(static_cast<double>(hp.beta1), static_cast<double>(step)));
-  const float bias_correction2 =
-      static_cast<float>(1.0 - std::pow(static_cast<double>(hp.beta2), static_cast<double>(step)));
+  LORA_CHECK(hp.weight_decay >= 0.0f, "weight_decay must be >= 0, got ", hp.weight_decay);
+  // Reciprocal bias corrections, in double, as the CPU version.
+  const float bc1 = static_cast<float>(
+      1.0 / (1.0 - std::pow(static_cast<double>(hp.beta1), static_cast<double>(step))));
+  const float bc2 = static_cast<float>(
+      1.0 / (1.0 - std::pow(static_cast<double>(hp.beta2), static_cast<double>(step))));
   adamw_kernel<<<grid_for(n), kBlockSize, 0, stream>>>(params, grads, m, v, n, hp.lr, hp.beta1,
-                                                       hp.beta2, hp.eps, hp.weight_decay,
-                                                       bias_correction1, bias_correction2);
+                                                       hp.beta2, hp.eps, hp.weight_decay, bc1,
+                                                       bc2);
   LORA_CUDA_CHECK_LAUNCH();
 }
 
 void sum_squares_cuda(double* out_device, const float* x, size_t n, cudaStream_t stream) {
   LORA_CHECK(out_device != nullptr, "out_device must not be null");
-  LORA_CHECK(x != nullptr || n == 0, "x must not be null");
+  LORA_CHECK(x != nullptr, "x must not be null");
   LORA_CUDA_CHECK(cudaMemsetAsync(out_device, 0, sizeof(double), stream));
   if (n == 0) return;
   const unsigned int blocks = std::min(grid_for(n), kMaxReduceBlocks);
@@ -91,7 +91,7 @@ void sum_squares_cuda(double* out_device, const float* x, size_t n, cudaStream_t
 }
 
 void scale_cuda(float* x, float factor, size_t n, cudaStream_t stream) {
-  LORA_CHECK(x != nullptr || n == 0, "x must not be null");
+  LORA_CHECK(x != nullptr, "x must not be null");
   if (n == 0) return;
   scale_kernel<<<grid_for(n), kBlockSize, 0, stream>>>(x, factor, n);
   LORA_CUDA_CHECK_LAUNCH();

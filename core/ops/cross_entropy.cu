@@ -9,6 +9,8 @@
 // gives a NaN loss (forward) or a NaN row (backward) rather than an out-of-bounds read.
 #include "core/ops/cross_entropy.h"
 
+#include <cmath>
+
 #include "core/cuda_runtime.h"
 #include "core/ops/cuda_common.cuh"
 
@@ -88,6 +90,7 @@ void cross_entropy_backward_cuda(float* dlogits, const float* logits, const int3
                                  float dloss, int n, int vocab, cudaStream_t stream) {
   LORA_CHECK(dlogits != nullptr, "dlogits must not be null");
   check_sizes(logits, targets, n, vocab);
+  LORA_CHECK(std::isfinite(dloss), "dloss must be finite, got ", dloss);
   cross_entropy_backward_kernel<<<n, kThreads, 0, stream>>>(dlogits, logits, targets, dloss, vocab);
   LORA_CUDA_CHECK_LAUNCH();
 }

@@ -1,8 +1,10 @@
 // Inverted dropout with a counter-based mask on the GPU (the mask equals the CPU version's bit for
 // bit: the hash is core/ops/rng_device.cuh, a copy of core/rng.h).
 //   keep[i] = uniform01(hash_u64(seed, stream_id, row_ids[i / cols], i % cols)) >= p
-//   forward:  y[i]   = keep[i] ? x[i] / (1 - p) : 0
-//   backward: dx[i] += keep[i] ? dy[i] / (1 - p) : 0      (mask recomputed, nothing stored)
+//   forward:  y[i]   = keep[i] ? x[i] * (1 / (1 - p)) : 0
+//   backward: dx[i] += keep[i] ? dy[i] * (1 / (1 - p)) : 0      (mask recomputed, nothing stored)
+// The arithmetic is the CPU version's (multiply by the float 1 / (1 - p)), so both give the same
+// values, not only the same mask.
 // Shapes: x, y, dx, dy [rows, cols]; row_ids [rows] (device). 0 <= p < 1; y may alias x.
 #include "core/ops/dropout.h"
 
@@ -36,20 +38,20 @@ __device__ __forceinline__ bool keep_element(const uint64_t* row_ids, float p, u
 static __global__ void dropout_forward_kernel(float* y, const float* x, const uint64_t* row_ids,
                                               float p, uint64_t seed, uint64_t stream_id,
                                               size_t n, int cols) {
-  const float keep_scale = 1.0f - p;
+  const float keep_scale = 1.0f / (1.0f - p);
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    y[i] = keep_element(row_ids, p, seed, stream_id, i, cols) ? x[i] / keep_scale : 0.0f;
+    y[i] = keep_element(row_ids, p, seed, stream_id, i, cols) ? x[i] * keep_scale : 0.0f;
   }
 }
 
 static __global__ void dropout_backward_kernel(float* dx, const float* dy, const uint64_t* row_ids,
                                                float p, uint64_t seed, uint64_t stream_id,
                                                size_t n, int cols) {
-  const float keep_scale = 1.0f - p;
+  const float keep_scale = 1.0f / (1.0f - p);
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    if (keep_element(row_ids, p, seed, stream_id, i, cols)) dx[i] += dy[i] / keep_scale;
+    if (keep_element(row_ids, p, seed, stream_id, i, cols)) dx[i] += dy[i] * keep_scale;
   }
 }
 

@@ -1,0 +1,58 @@
+// AdamW over one contiguous parameter buffer on the CPU, and the global-norm helpers.
+//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   p -= lr ( (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps) + weight_decay p )
+//   sum_squares = sum g^2 (double);  scale: g *= factor.
+// Shapes: params, grads, m, v [n]; step counts from 1. The bias corrections are computed once
+// in double; the element loop is float, parallel and vectorised.
+#include "core/ops/adamw.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace lora::ops {
+
+void adamw_update_cpu(float* params, const float* grads, float* m, float* v, size_t n,
+                      const AdamWParams& hp, long step) {
+  LORA_CHECK(params != nullptr && grads != nullptr && m != nullptr && v != nullptr,
+             "params, grads, m, v must not be null");
+  LORA_CHECK(n > 0, "n must be positive");
+  LORA_CHECK(step >= 1, "step counts from 1, got ", step);
+  LORA_CHECK(std::isfinite(hp.lr) && hp.lr >= 0.0f, "lr must be finite and >= 0, got ", hp.lr);
+  LORA_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f, "beta1 must be in [0, 1), got ", hp.beta1);
+  LORA_CHECK(hp.beta2 >= 0.0f && hp.beta2 < 1.0f, "beta2 must be in [0, 1), got ", hp.beta2);
+  LORA_CHECK(hp.eps > 0.0f, "eps must be positive, got ", hp.eps);
+  LORA_CHECK(hp.weight_decay >= 0.0f, "weight_decay must be >= 0, got ", hp.weight_decay);
+  const float b1 = hp.beta1, b2 = hp.beta2;
+  const float bc1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(b1), step)));
+  const float bc2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(b2), step)));
+  const float lr = hp.lr, eps = hp.eps, wd = hp.weight_decay;
+  const long count = static_cast<long>(n);
+#pragma omp parallel for simd schedule(static) if (count > 65536)
+  for (long i = 0; i < count; ++i) {
+    const float g = grads[i];
+    const float mi = b1 * m[i] + (1.0f - b1) * g;
+    const float vi = b2 * v[i] + (1.0f - b2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    params[i] -= lr * ((mi * bc1) / (std::sqrt(vi * bc2) + eps) + wd * params[i]);
+  }
+}
+
+double sum_squares_cpu(const float* x, size_t n) {
+  LORA_CHECK(x != nullptr, "x must not be null");
+  const long count = static_cast<long>(n);
+  double sum = 0.0;
+#pragma omp parallel for simd schedule(static) reduction(+ : sum) if (count > 65536)
+  for (long i = 0; i < count; ++i) sum += static_cast<double>(x[i]) * x[i];
+  return sum;
+}
+
+void scale_cpu(float* x, float factor, size_t n) {
+  LORA_CHECK(x != nullptr, "x must not be null");
+  const long count = static_cast<long>(n);
+#pragma omp parallel for simd schedule(static) if (count > 65536)
+  for (long i = 0; i < count; ++i) x[i] *= factor;
+}
+
+}  // namespace lora::ops

@@ -1,0 +1,74 @@
+// Fused softmax + cross-entropy over the vocabulary on the CPU, one row per OpenMP iteration.
+//   forward:  loss[i] = m + log(sum_j exp(l[i, j] - m)) - l[i, t[i]],  m = max_j l[i, j]
+//   backward: dlogits[i, j] = (exp(l[i, j] - m) / sum - [j == t[i]]) * dloss   (written)
+// The exponentials are float (detail::exp_approx, vectorised), their sum is accumulated in
+// double. The backward recomputes max and sum, then overwrites the row, so dlogits may alias
+// logits. Shapes: logits, dlogits [n, vocab]; targets [n] in [0, vocab); losses [n].
+#include "core/ops/cross_entropy.h"
+
+#include <cmath>
+#include <cstddef>
+
+#include "core/error.h"
+#include "core/ops/vec_math.h"
+
+namespace lora::ops {
+namespace {
+
+void check_args(const float* logits, const int32_t* targets, int n, int vocab) {
+  LORA_CHECK(logits != nullptr && targets != nullptr, "logits and targets must not be null");
+  LORA_CHECK(n > 0 && vocab > 0, "sizes must be positive: n=", n, " vocab=", vocab);
+  for (int i = 0; i < n; ++i) {
+    LORA_CHECK(targets[i] >= 0 && targets[i] < vocab, "target ", targets[i], " of row ", i,
+               " is outside [0, ", vocab, ")");
+  }
+}
+
+float row_max(const float* row, int vocab) {
+  float m = row[0];
+#pragma omp simd reduction(max : m)
+  for (int j = 0; j < vocab; ++j) m = row[j] > m ? row[j] : m;
+  return m;
+}
+
+double row_sum_exp(const float* row, float m, int vocab) {
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < vocab; ++j) sum += static_cast<double>(detail::exp_approx(row[j] - m));
+  return sum;
+}
+
+}  // namespace
+
+void cross_entropy_forward_cpu(float* losses, const float* logits, const int32_t* targets, int n,
+                               int vocab) {
+  LORA_CHECK(losses != nullptr, "losses must not be null");
+  check_args(logits, targets, n, vocab);
+#pragma omp parallel for schedule(static) if (static_cast<long>(n) * vocab > 32768)
+  for (int i = 0; i < n; ++i) {
+    const float* row = logits + static_cast<size_t>(i) * vocab;
+    const float m = row_max(row, vocab);
+    const double sum = row_sum_exp(row, m, vocab);
+    losses[i] = static_cast<float>(static_cast<double>(m) + std::log(sum) -
+                                   static_cast<double>(row[targets[i]]));
+  }
+}
+
+void cross_entropy_backward_cpu(float* dlogits, const float* logits, const int32_t* targets,
+                                float dloss, int n, int vocab) {
+  LORA_CHECK(dlogits != nullptr, "dlogits must not be null");
+  check_args(logits, targets, n, vocab);
+  LORA_CHECK(std::isfinite(dloss), "dloss must be finite, got ", dloss);
+#pragma omp parallel for schedule(static) if (static_cast<long>(n) * vocab > 32768)
+  for (int i = 0; i < n; ++i) {
+    const float* row = logits + static_cast<size_t>(i) * vocab;
+    float* drow = dlogits + static_cast<size_t>(i) * vocab;
+    const float m = row_max(row, vocab);
+    const float scale = static_cast<float>(static_cast<double>(dloss) / row_sum_exp(row, m, vocab));
+#pragma omp simd
+    for (int j = 0; j < vocab; ++j) drow[j] = detail::exp_approx(row[j] - m) * scale;
+    drow[targets[i]] -= dloss;
+  }
+}
+
+}  // namespace lora::ops

@@ -51,7 +51,8 @@ static __global__ void dropout_backward_kernel(float* dx, const float* dy, const
   const float keep_scale = 1.0f / (1.0f - p);
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    if (keep_element(row_ids, p, seed, stream_id, i, cols)) dx[i] += dy[i] * keep_scale;
+    // __fmul_rn: a rounded product, never fused into the add (the CPU's arithmetic).
+    if (keep_element(row_ids, p, seed, stream_id, i, cols)) dx[i] += __fmul_rn(dy[i], keep_scale);
   }
 }
 

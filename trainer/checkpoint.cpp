@@ -3,7 +3,9 @@
 // Every HDF5 handle is owned by an H5Handle (closed on every path); HDF5's own error printing is
 // silenced and every failed call becomes a lora::Error (writing) or lora::InputError (reading) that
 // names the file and carries HDF5's innermost error description. Files use the HDF5 1.8 object
-// format (metadata checksums; readable by any HDF5 >= 1.8, h5py and h5dump).
+// format (metadata checksums; readable by any HDF5 >= 1.8, h5py and h5dump). The `checksum`
+// attribute hashes every field of the state, so damaged data, scalars or strings are caught even
+// where HDF5 keeps no checksum of its own (raw data, the global heap of variable-length strings).
 #include "trainer/checkpoint.h"
 
 #include <fcntl.h>
@@ -15,6 +17,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -66,13 +69,49 @@ std::string hex64(uint64_t h) {
   return buf;
 }
 
-// The checksum stored in the file: covers every parameter, moment and generator state.
-std::string state_checksum(const CheckpointState& s) {
+// The checksum stored in the file: covers every field of the state (strings and scalars included,
+// so a damaged config or seed is caught like a damaged tensor), with created_utc as written.
+std::string state_checksum(const CheckpointState& s, const std::string& created_utc) {
+  std::string fields;
+  auto put_string = [&](const std::string& v) {
+    const uint64_t n = v.size();
+    fields.append(reinterpret_cast<const char*>(&n), sizeof(n));
+    fields += v;
+  };
+  auto put = [&](const auto& v) { fields.append(reinterpret_cast<const char*>(&v), sizeof(v)); };
+  for (const std::string* str : {&s.base_fingerprint, &s.arch, &s.config_yaml, &created_utc,
+                                 &s.metrics_jsonl}) {
+    put_string(*str);
+  }
+  put(static_cast<int64_t>(s.step));
+  put(s.tokens_seen);
+  put(static_cast<int64_t>(s.world_size));
+  for (int d : {s.shape.vocab_size, s.shape.max_seq_len, s.shape.n_layer, s.shape.n_head, s.shape.d_model}) {
+    put(static_cast<int64_t>(d));
+  }
+  put(static_cast<int64_t>(s.mode == TrainMode::kFull ? 1 : 0));
+  if (s.mode == TrainMode::kLora) {  // full-mode files store no LoRA spec
+    put(static_cast<int64_t>(s.lora.rank));
+    put(s.lora.alpha);
+    put(s.lora.dropout);
+    put(static_cast<int64_t>(s.lora.rslora ? 1 : 0));
+    for (LoraTarget t : s.lora.targets) put(static_cast<int64_t>(t));
+    put(static_cast<int64_t>(s.lora.init_a));
+    put(static_cast<int64_t>(s.lora.init_b));
+  }
+  put(static_cast<int64_t>(s.optimizer_step));
+  for (float f : {s.beta1, s.beta2, s.eps, s.weight_decay, s.lr}) put(f);
+  put(s.data_seed);
+  put(static_cast<int64_t>(s.data_cursor));
+  put(s.dropout_seed);
+  put(static_cast<int64_t>(s.lr_warmup_steps));
+  put(static_cast<int64_t>(s.lr_total_steps));
+  const uint64_t hf = hash_bytes(fields.data(), fields.size(), 0);
   const uint64_t hp = hash_bytes(s.params.data(), s.params.size() * sizeof(float), 1);
   const uint64_t hm = hash_bytes(s.adam_m.data(), s.adam_m.size() * sizeof(float), 2);
   const uint64_t hv = hash_bytes(s.adam_v.data(), s.adam_v.size() * sizeof(float), 3);
   const uint64_t hr = hash_bytes(s.rng_states.data(), s.rng_states.size() * sizeof(uint64_t), 4);
-  return hex64(hash_u64(hp, hm, hv, hr));
+  return hex64(hash_u64(hf, hp, hm, hv) ^ mix64(hr));
 }
 
 // ---- HDF5 plumbing ---------------------------------------------------------------------------
@@ -249,12 +288,63 @@ std::string utc_now_iso8601() {
   return buf;
 }
 
+// `text` with control characters and bytes that are not valid UTF-8 written as \xNN, so values read
+// from a damaged file can be quoted in an error message.
+std::string printable(const std::string& text) {
+  std::string out;
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  char esc[5];
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    bool ok = len > 0 && i + len <= n && !(len == 1 && (c < 0x20 || c == 0x7F));
+    for (size_t k = 1; ok && k < len; ++k) ok = (p[i + k] & 0xC0) == 0x80;
+    if (ok) {
+      out.append(text, i, len);
+      i += len;
+    } else {
+      std::snprintf(esc, sizeof(esc), "\\x%02X", c);
+      out += esc;
+      ++i;
+    }
+  }
+  return out;
+}
+
 std::string parent_dir(const std::string& path) {
   fs::path parent = fs::path(path).parent_path();
   return parent.empty() ? std::string(".") : parent.string();
 }
 
 // ---- writing ---------------------------------------------------------------------------------
+//
+// The file is built in memory by HDF5's core driver and written to disk with plain POSIX calls.
+// HDF5 1.10 leaves its internal state damaged when a flush or close fails on disk (a failed close
+// keeps a dangling file id that crashes library shutdown), so no disk I/O happens inside HDF5: a full
+// disk or an I/O error surfaces as a clean errno from write(2)/fsync(2). The image callbacks hand the
+// core driver's buffer over to us at close instead of freeing it, so the image is never copied.
+
+struct ImageSink {
+  void* buffer = nullptr;  // the core driver's memory, owned by us after H5Fclose
+  ~ImageSink() { std::free(buffer); }
+};
+
+void* image_malloc(size_t size, H5FD_file_image_op_t, void*) { return std::malloc(size); }
+void* image_realloc(void* ptr, size_t size, H5FD_file_image_op_t, void*) { return std::realloc(ptr, size); }
+herr_t image_free(void* ptr, H5FD_file_image_op_t op, void* udata) {
+  auto* sink = static_cast<ImageSink*>(udata);
+  if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE) {  // the last one closed is the file's image
+    std::free(sink->buffer);
+    sink->buffer = ptr;
+  } else {
+    std::free(ptr);
+  }
+  return 0;
+}
+void* image_udata_copy(void* udata) { return udata; }  // shared: the sink outlives every copy
+herr_t image_udata_free(void*) { return 0; }
+
 
 class Writer {
  public:
@@ -345,13 +435,25 @@ class Writer {
                     H5Gclose);
   }
 
-  // Writes the whole HDF5 file at `tmp_path` and closes it; the `complete` flag goes in last.
-  void write_file(const std::string& tmp_path, const CheckpointState& s, const FileLayout& layout) const {
+  // Builds the whole HDF5 file in memory (the `complete` flag goes in last) and returns its size;
+  // the bytes are in sink->buffer.
+  size_t build_image(const CheckpointState& s, const FileLayout& layout, ImageSink* sink) const {
+    size_t estimate_bytes = 3 * layout.n_params * sizeof(float) + s.config_yaml.size() +
+                            s.metrics_jsonl.size() + (1u << 20);
+    estimate_bytes = (estimate_bytes + (1u << 20) - 1) & ~static_cast<size_t>((1u << 20) - 1);
     H5Handle fapl(check(make_fapl(), "H5Pcreate"), H5Pclose);
-    H5Handle file(check(H5Fcreate(tmp_path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
-                        "create '" + tmp_path + "'"),
+    check_status(H5Pset_fapl_core(fapl.get(), estimate_bytes, false), "H5Pset_fapl_core");
+    H5FD_file_image_callbacks_t callbacks = {image_malloc, nullptr,           image_realloc, image_free,
+                                             image_udata_copy, image_udata_free, sink};
+    check_status(H5Pset_file_image_callbacks(fapl.get(), &callbacks), "H5Pset_file_image_callbacks");
+    // The core driver loads an existing file of the given name into memory even when creating, so
+    // the in-memory file gets a name that can never exist.
+    H5Handle file(check(H5Fcreate("/dev/null/lora-checkpoint-image.h5", H5F_ACC_TRUNC, H5P_DEFAULT,
+                                  fapl.get()),
+                        "create in-memory HDF5 file"),
                   H5Fclose);
     const hid_t f = file.get();
+    const std::string created_utc = utc_now_iso8601();
     {
       H5Handle root = open_group(f, "/");
       const hid_t r = root.get();
@@ -362,7 +464,7 @@ class Writer {
       attr_i64(r, "world_size", s.world_size);
       attr_string(r, "base_fingerprint", s.base_fingerprint);
       attr_string(r, "arch", s.arch);
-      attr_string(r, "created_utc", utc_now_iso8601());
+      attr_string(r, "created_utc", created_utc);
       attr_string(r, "config_yaml", s.config_yaml);
       attr_string(r, "mode", mode_name(s.mode));
       attr_i64(r, "vocab_size", s.shape.vocab_size);
@@ -417,25 +519,69 @@ class Writer {
     string_dataset(f, "/trainer/metrics_jsonl", s.metrics_jsonl);
     {
       H5Handle root = open_group(f, "/");
-      attr_string(root.get(), "checksum", state_checksum(s));
+      attr_string(root.get(), "checksum", state_checksum(s, created_utc));
       // Written last: a file without it was not finished.
       attr_i32(root.get(), "complete", 1);
     }
-    check_status(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush '" + tmp_path + "'");
-    check_status(file.close(), "close '" + tmp_path + "'");
+    check_status(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush the in-memory file");
+    const ssize_t n_bytes = H5Fget_file_image(f, nullptr, 0);
+    if (n_bytes <= 0) fail("size of the in-memory file: " + hdf5_error_text());
+    check_status(file.close(), "close the in-memory file");
+    if (sink->buffer == nullptr) fail("the in-memory file image was not handed over at close");
+    return image_size(static_cast<const unsigned char*>(sink->buffer), static_cast<size_t>(n_bytes));
+  }
+
+  // Closing the file releases the free space at its end, so the image can be longer than the file
+  // the superblock describes. The superblock (version 2, as the 1.8 format bounds guarantee:
+  // signature, version, offset and length sizes, flags, base address, extension address, end-of-file
+  // address, ...) holds the true end; a file must end there, or a shorter copy would also open.
+  size_t image_size(const unsigned char* image, size_t n_bytes) const {
+    static const unsigned char kSignature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    if (n_bytes < 48 || std::memcmp(image, kSignature, 8) != 0 || image[8] != 2 || image[9] != 8) {
+      fail("unexpected superblock in the in-memory file");
+    }
+    uint64_t eof = 0;
+    for (int i = 7; i >= 0; --i) eof = (eof << 8) | image[28 + i];
+    if (eof == 0 || eof > n_bytes) fail("superblock end-of-file address " + std::to_string(eof) +
+                                        " outside the " + std::to_string(n_bytes) + "-byte image");
+    return static_cast<size_t>(eof);
   }
 
  private:
   std::string final_path_;
 };
 
-void fsync_path(const std::string& path, bool is_directory, const Writer& w) {
-  int fd = ::open(path.c_str(), is_directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
-  if (fd < 0) w.fail("open '" + path + "' for fsync: " + std::strerror(errno));
+// Writes `n_bytes` to a new file at `path` and fsyncs it.
+void write_bytes_durably(const std::string& path, const void* data, size_t n_bytes, const Writer& w) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) w.fail("create '" + path + "': " + std::strerror(errno));
+  const auto* p = static_cast<const char*>(data);
+  size_t done = 0;
+  while (done < n_bytes) {
+    const ssize_t n = ::write(fd, p + done, std::min<size_t>(n_bytes - done, size_t{1} << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : EIO;
+      ::close(fd);
+      w.fail("write '" + path + "': " + std::strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
   if (::fsync(fd) != 0) {
     const int err = errno;
     ::close(fd);
     w.fail("fsync '" + path + "': " + std::strerror(err));
+  }
+  if (::close(fd) != 0) w.fail("close '" + path + "': " + std::strerror(errno));
+}
+
+void fsync_directory(const std::string& dir, const Writer& w) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) w.fail("open directory '" + dir + "' for fsync: " + std::strerror(errno));
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    w.fail("fsync directory '" + dir + "': " + std::strerror(err));
   }
   ::close(fd);
 }
@@ -447,7 +593,7 @@ class Reader {
   explicit Reader(const std::string& path) : path_(path) {}
 
   [[noreturn]] void fail(const std::string& what) const {
-    throw InputError("checkpoint '" + path_ + "': " + what);
+    throw InputError("checkpoint '" + path_ + "': " + printable(what));
   }
   hid_t check(hid_t id, const std::string& what) const {
     if (id < 0) fail(what + ": " + hdf5_error_text());
@@ -759,10 +905,10 @@ class Reader {
     s.metrics_jsonl = read_string_dataset(f, "/trainer/metrics_jsonl");
 
     const std::string stored = attr_string(r, "checksum");
-    const std::string actual = state_checksum(s);
+    const std::string actual = state_checksum(s, s.created_utc);
     if (stored != actual) {
       fail("checksum mismatch (stored " + stored + ", computed " + actual +
-           "): parameter or optimizer data is corrupted");
+           "): the file's data is corrupted");
     }
     return s;
   }
@@ -847,12 +993,13 @@ void write_checkpoint(const std::string& path, const CheckpointState& state) {
   }
   const std::string tmp = path + ".tmp";
   try {
-    w.write_file(tmp, state, layout);
-    fsync_path(tmp, false, w);
+    ImageSink image;
+    const size_t n_bytes = w.build_image(state, layout, &image);
+    write_bytes_durably(tmp, image.buffer, n_bytes, w);
     if (std::rename(tmp.c_str(), path.c_str()) != 0) {
       w.fail("rename '" + tmp + "' -> '" + path + "': " + std::strerror(errno));
     }
-    fsync_path(dir, true, w);
+    fsync_directory(dir, w);
   } catch (...) {
     ::unlink(tmp.c_str());
     throw;

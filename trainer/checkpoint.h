@@ -19,9 +19,10 @@
 //   /trainer                  attrs: data_seed, data_cursor, dropout_seed, lr, lr_warmup_steps,
 //                             lr_total_steps; datasets: rng_states uint64 [n], metrics_jsonl (string)
 //
-// Writing is atomic: the file is written as `<path>.tmp`, flushed, closed and fsync'd, renamed onto
-// `<path>` and the directory fsync'd, so a reader sees either the previous file or the complete new
-// one. A file killed mid-write is a `.tmp` that readers never look at. Reading validates everything
+// Writing is atomic: the HDF5 file is built in memory (peak memory: the state plus one file image),
+// written as `<path>.tmp` with POSIX calls and fsync'd, renamed onto `<path>` and the directory
+// fsync'd, so a reader sees either the previous file or the complete new one. A file killed
+// mid-write is a `.tmp` that readers never look at. Reading validates everything
 // (format, version, completion flag, every dataset's presence, dtype and shape against the layout the
 // file declares, the checksum) and throws lora::InputError naming the file and the problem.
 // Not thread-safe (the serial HDF5 library is not): call from one thread at a time.

@@ -542,6 +542,37 @@ TEST(Checkpoint, CorruptedValueFailsChecksum) {
     H5Dclose(ds);
   }
   expect_input_error(path, "checksum mismatch");
+
+  // Scalars and strings are covered too: a changed data cursor or config is caught.
+  const std::string cursor = copy_of(good, dir / "cursor.h5");
+  {
+    H5Edit e(cursor);
+    hid_t tr = H5Gopen2(e.file, "/trainer", H5P_DEFAULT);
+    hid_t attr = H5Aopen(tr, "data_cursor", H5P_DEFAULT);
+    ASSERT_GE(attr, 0);
+    int64_t v = s.data_cursor + 1;
+    ASSERT_GE(H5Awrite(attr, H5T_NATIVE_INT64, &v), 0);
+    H5Aclose(attr);
+    H5Gclose(tr);
+  }
+  expect_input_error(cursor, "checksum mismatch");
+
+  const std::string config = copy_of(good, dir / "config.h5");
+  {
+    H5Edit e(config);
+    ASSERT_GE(H5Adelete(e.file, "config_yaml"), 0);
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, H5T_VARIABLE);
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t attr = H5Acreate2(e.file, "config_yaml", type, space, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(attr, 0);
+    const char* text = "lora: {rank: 64}\n";
+    ASSERT_GE(H5Awrite(attr, type, &text), 0);
+    H5Aclose(attr);
+    H5Sclose(space);
+    H5Tclose(type);
+  }
+  expect_input_error(config, "checksum mismatch");
 }
 
 // ---- write failures ------------------------------------------------------------------------------

@@ -1,0 +1,264 @@
+// Causal multi-head self-attention on the GPU: straightforward kernels, one block per
+// (batch, head, row), the scores row in shared memory.
+//   qkv [n_batch, n_seq, 3 * d_model]: q, k, v of position t, head h at columns
+//   h * hs, d_model + h * hs, 2 * d_model + h * hs (hs = d_model / n_head).
+//   forward:  att[b, h, t, u] = softmax_{u <= t}(q_t . k_u / sqrt(hs)), 0 for u > t;
+//             out[b, t, h * hs + d] = sum_u att[b, h, t, u] v_u[d]
+//   backward (accumulates into dqkv), with datt[t, u] = dout_t . v_u and
+//             D[t] = sum_u att[t, u] datt[t, u]:
+//             ds[t, u] = att[t, u] (datt[t, u] - D[t])
+//             dq_t += sum_{u <= t} ds[t, u] k_u / sqrt(hs)        (one block per query row t)
+//             dk_u += sum_{t >= u} ds[t, u] q_t / sqrt(hs)        (one block per key row u)
+//             dv_u += sum_{t >= u} att[t, u] dout_t               (same block)
+// The backward runs as two kernels so that every gradient row has exactly one writer (no
+// atomics, deterministic): the query-row kernel also stores D[t] into a temporary
+// [n_batch, n_head, n_seq] buffer (stream-ordered allocation) that the key-row kernel reads.
+// Shapes: out, dout [n_batch, n_seq, d_model]; att [n_batch, n_head, n_seq, n_seq].
+#include "core/ops/attention.h"
+
+#include <cmath>
+
+#include "core/cuda_runtime.h"
+#include "core/ops/cuda_common.cuh"
+
+namespace lora::ops {
+namespace {
+
+using cuda_detail::block_max;
+using cuda_detail::block_sum;
+using cuda_detail::kWarpSize;
+using cuda_detail::warp_sum;
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / kWarpSize;
+constexpr size_t kMaxSharedBytes = 48 * 1024;  // default dynamic shared memory limit
+
+struct Dims {
+  int n_seq;
+  int d_model;
+  int n_head;
+  int hs;
+};
+
+// Which (b, h, row) a block of a [n_batch * n_head * n_seq] grid handles.
+__device__ __forceinline__ void block_coords(const Dims& dims, int* b, int* h, int* row) {
+  const int idx = blockIdx.x;
+  *row = idx % dims.n_seq;
+  *h = (idx / dims.n_seq) % dims.n_head;
+  *b = idx / (dims.n_seq * dims.n_head);
+}
+
+size_t query_row_shared_bytes(int n_seq, int hs) {
+  return (static_cast<size_t>(hs) + n_seq) * sizeof(float);
+}
+
+size_t key_row_shared_bytes(int hs) {
+  return (1 + 2 * static_cast<size_t>(kWarps)) * hs * sizeof(float);
+}
+
+void check_args(int n_batch, int n_seq, int d_model, int n_head) {
+  LORA_CHECK(n_batch > 0 && n_seq > 0 && d_model > 0 && n_head > 0,
+             "sizes must be positive: n_batch=", n_batch, " n_seq=", n_seq, " d_model=", d_model,
+             " n_head=", n_head);
+  LORA_CHECK(d_model % n_head == 0, "d_model ", d_model, " is not a multiple of n_head ", n_head);
+  LORA_CHECK(static_cast<long long>(n_batch) * n_head * n_seq <= 0x7fffffffLL,
+             "n_batch * n_head * n_seq too large for one grid: ", n_batch, " * ", n_head, " * ",
+             n_seq);
+  const int hs = d_model / n_head;
+  LORA_CHECK(query_row_shared_bytes(n_seq, hs) <= kMaxSharedBytes &&
+                 key_row_shared_bytes(hs) <= kMaxSharedBytes,
+             "n_seq ", n_seq, " with head size ", hs, " needs more shared memory than ",
+             kMaxSharedBytes, " bytes");
+}
+
+}  // namespace
+
+// One block per (b, h, t). Shared: q_t [hs], then the scores row [n_seq].
+static __global__ void attention_forward_kernel(float* out, float* att, const float* qkv,
+                                                Dims dims) {
+  extern __shared__ float smem[];
+  __shared__ float scratch[32];
+  const int hs = dims.hs;
+  float* q_s = smem;
+  float* scores = smem + hs;
+  int b = 0, h = 0, t = 0;
+  block_coords(dims, &b, &h, &t);
+  const size_t row_stride = 3 * static_cast<size_t>(dims.d_model);
+  const float* base = qkv + static_cast<size_t>(b) * dims.n_seq * row_stride;
+  const float* q = base + t * row_stride + h * hs;
+  for (int d = threadIdx.x; d < hs; d += blockDim.x) q_s[d] = q[d];
+  __syncthreads();
+
+  const float scale = 1.0f / sqrtf(static_cast<float>(hs));
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  for (int u = warp; u <= t; u += kWarps) {
+    const float* k = base + u * row_stride + dims.d_model + h * hs;
+    float dot = 0.0f;
+    for (int d = lane; d < hs; d += kWarpSize) dot += q_s[d] * k[d];
+    dot = warp_sum(dot);
+    if (lane == 0) scores[u] = dot * scale;
+  }
+  __syncthreads();
+
+  float m = -INFINITY;
+  for (int u = threadIdx.x; u <= t; u += blockDim.x) m = fmaxf(m, scores[u]);
+  m = block_max(m, scratch);
+  float sum = 0.0f;
+  for (int u = threadIdx.x; u <= t; u += blockDim.x) {
+    const float e = expf(scores[u] - m);
+    scores[u] = e;
+    sum += e;
+  }
+  sum = block_sum(sum, scratch);  // its barriers also publish the exponentials
+  const float inv_sum = 1.0f / sum;
+  float* att_row = att + ((static_cast<size_t>(b) * dims.n_head + h) * dims.n_seq + t) * dims.n_seq;
+  for (int u = threadIdx.x; u < dims.n_seq; u += blockDim.x) {
+    const float p = u <= t ? scores[u] * inv_sum : 0.0f;
+    att_row[u] = p;
+    if (u <= t) scores[u] = p;
+  }
+  __syncthreads();
+
+  float* out_row = out + (static_cast<size_t>(b) * dims.n_seq + t) * dims.d_model + h * hs;
+  for (int d = threadIdx.x; d < hs; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int u = 0; u <= t; ++u) acc += scores[u] * base[u * row_stride + 2 * dims.d_model + h * hs + d];
+    out_row[d] = acc;
+  }
+}
+
+// One block per (b, h, t): dq_t and D[t]. Shared: dout_t [hs], then ds row [n_seq].
+static __global__ void attention_backward_query_kernel(float* dqkv, float* d_sums, const float* dout,
+                                                       const float* qkv, const float* att,
+                                                       Dims dims) {
+  extern __shared__ float smem[];
+  __shared__ float scratch[32];
+  const int hs = dims.hs;
+  float* dout_s = smem;
+  float* ds = smem + hs;
+  int b = 0, h = 0, t = 0;
+  block_coords(dims, &b, &h, &t);
+  const size_t row_stride = 3 * static_cast<size_t>(dims.d_model);
+  const float* base = qkv + static_cast<size_t>(b) * dims.n_seq * row_stride;
+  const float* dout_row = dout + (static_cast<size_t>(b) * dims.n_seq + t) * dims.d_model + h * hs;
+  for (int d = threadIdx.x; d < hs; d += blockDim.x) dout_s[d] = dout_row[d];
+  __syncthreads();
+
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  for (int u = warp; u <= t; u += kWarps) {
+    const float* v = base + u * row_stride + 2 * dims.d_model + h * hs;
+    float dot = 0.0f;
+    for (int d = lane; d < hs; d += kWarpSize) dot += dout_s[d] * v[d];
+    dot = warp_sum(dot);
+    if (lane == 0) ds[u] = dot;  // datt[t, u]
+  }
+  __syncthreads();
+
+  const size_t bh_row = (static_cast<size_t>(b) * dims.n_head + h) * dims.n_seq + t;
+  const float* att_row = att + bh_row * dims.n_seq;
+  float partial = 0.0f;
+  for (int u = threadIdx.x; u <= t; u += blockDim.x) partial += att_row[u] * ds[u];
+  const float d_sum = block_sum(partial, scratch);
+  for (int u = threadIdx.x; u <= t; u += blockDim.x) ds[u] = att_row[u] * (ds[u] - d_sum);
+  __syncthreads();
+  if (threadIdx.x == 0) d_sums[bh_row] = d_sum;
+
+  const float scale = 1.0f / sqrtf(static_cast<float>(hs));
+  float* dq_row = dqkv + (static_cast<size_t>(b) * dims.n_seq + t) * row_stride + h * hs;
+  for (int d = threadIdx.x; d < hs; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int u = 0; u <= t; ++u) acc += ds[u] * base[u * row_stride + dims.d_model + h * hs + d];
+    dq_row[d] += scale * acc;
+  }
+}
+
+// One block per (b, h, u): dk_u and dv_u. Each warp handles rows t = u + warp, u + warp + kWarps,
+// ... and accumulates into its own slice of shared memory; the slices are summed at the end.
+// Shared: v_u [hs], dv partials [kWarps][hs], dk partials [kWarps][hs].
+static __global__ void attention_backward_key_kernel(float* dqkv, const float* d_sums,
+                                                     const float* dout, const float* qkv,
+                                                     const float* att, Dims dims) {
+  extern __shared__ float smem[];
+  const int hs = dims.hs;
+  float* v_s = smem;
+  float* dv_part = smem + hs;
+  float* dk_part = dv_part + kWarps * hs;
+  int b = 0, h = 0, u = 0;
+  block_coords(dims, &b, &h, &u);
+  const size_t row_stride = 3 * static_cast<size_t>(dims.d_model);
+  const float* base = qkv + static_cast<size_t>(b) * dims.n_seq * row_stride;
+  const float* v = base + u * row_stride + 2 * dims.d_model + h * hs;
+  for (int d = threadIdx.x; d < hs; d += blockDim.x) v_s[d] = v[d];
+  for (int i = threadIdx.x; i < 2 * kWarps * hs; i += blockDim.x) dv_part[i] = 0.0f;
+  __syncthreads();
+
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const size_t bh = static_cast<size_t>(b) * dims.n_head + h;
+  float* dv_w = dv_part + warp * hs;
+  float* dk_w = dk_part + warp * hs;
+  for (int t = u + warp; t < dims.n_seq; t += kWarps) {
+    const float* dout_row = dout + (static_cast<size_t>(b) * dims.n_seq + t) * dims.d_model + h * hs;
+    const float* q = base + t * row_stride + h * hs;
+    float dot = 0.0f;
+    for (int d = lane; d < hs; d += kWarpSize) dot += dout_row[d] * v_s[d];
+    dot = warp_sum(dot);  // datt[t, u], every lane
+    const float a = att[(bh * dims.n_seq + t) * dims.n_seq + u];
+    const float ds = a * (dot - d_sums[bh * dims.n_seq + t]);
+    for (int d = lane; d < hs; d += kWarpSize) {
+      dv_w[d] += a * dout_row[d];
+      dk_w[d] += ds * q[d];
+    }
+  }
+  __syncthreads();
+
+  const float scale = 1.0f / sqrtf(static_cast<float>(hs));
+  float* row = dqkv + (static_cast<size_t>(b) * dims.n_seq + u) * row_stride + h * hs;
+  for (int d = threadIdx.x; d < hs; d += blockDim.x) {
+    float dk = 0.0f;
+    float dv = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      dk += dk_part[w * hs + d];
+      dv += dv_part[w * hs + d];
+    }
+    row[dims.d_model + d] += scale * dk;
+    row[2 * dims.d_model + d] += dv;
+  }
+}
+
+void attention_forward_cuda(float* out, float* att, const float* qkv, int n_batch, int n_seq,
+                            int d_model, int n_head, cudaStream_t stream) {
+  LORA_CHECK(out != nullptr && att != nullptr && qkv != nullptr, "out, att, qkv must not be null");
+  check_args(n_batch, n_seq, d_model, n_head);
+  const Dims dims{n_seq, d_model, n_head, d_model / n_head};
+  const unsigned int blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;
+  attention_forward_kernel<<<blocks, kThreads, query_row_shared_bytes(n_seq, dims.hs), stream>>>(
+      out, att, qkv, dims);
+  LORA_CUDA_CHECK_LAUNCH();
+}
+
+void attention_backward_cuda(float* dqkv, const float* dout, const float* qkv, const float* att,
+                             int n_batch, int n_seq, int d_model, int n_head, cudaStream_t stream) {
+  LORA_CHECK(dqkv != nullptr && dout != nullptr && qkv != nullptr && att != nullptr,
+             "dqkv, dout, qkv, att must not be null");
+  check_args(n_batch, n_seq, d_model, n_head);
+  const Dims dims{n_seq, d_model, n_head, d_model / n_head};
+  const unsigned int blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;
+  float* d_sums = nullptr;
+  LORA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&d_sums), blocks * sizeof(float), stream));
+  attention_backward_query_kernel<<<blocks, kThreads, query_row_shared_bytes(n_seq, dims.hs),
+                                    stream>>>(dqkv, d_sums, dout, qkv, att, dims);
+  const cudaError_t launch_query = cudaGetLastError();
+  if (launch_query == cudaSuccess) {
+    attention_backward_key_kernel<<<blocks, kThreads, key_row_shared_bytes(dims.hs), stream>>>(
+        dqkv, d_sums, dout, qkv, att, dims);
+  }
+  const cudaError_t launch_key = cudaGetLastError();
+  LORA_CUDA_CHECK(cudaFreeAsync(d_sums, stream));
+  LORA_CUDA_CHECK(launch_query);
+  LORA_CUDA_CHECK(launch_key);
+}
+
+}  // namespace lora::ops

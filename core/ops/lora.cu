@@ -1,0 +1,66 @@
+// The LoRA path of an adapted linear layer on the GPU (DESIGN.md section 2), four cuBLAS products
+// on the caller's stream (row-major, fp32 math):
+//   forward:  h[n, r] = x[n, d_in] A[d_in, r];   y[n, d_out] += s * h B[r, d_out]
+//   backward: dB[r, d_out] += s * h^T g;   dh[n, r] = s * g B^T;
+//             dA[d_in, r]  += x^T dh;      dx[n, d_in] += dh A^T   (dx may be null)
+// s is `scaling` (alpha / r, or alpha / sqrt(r) with rsLoRA); g = dy. dh is always written; null
+// dA, dB or dx are not computed.
+#include "core/ops/lora.h"
+
+#include <cmath>
+
+#include "core/cuda_runtime.h"
+
+namespace lora::ops {
+namespace {
+
+void check_sizes(float scaling, int n, int d_in, int rank, int d_out) {
+  LORA_CHECK(n > 0 && d_in > 0 && rank > 0 && d_out > 0, "sizes must be positive: n=", n,
+             " d_in=", d_in, " rank=", rank, " d_out=", d_out);
+  LORA_CHECK(std::isfinite(scaling), "scaling must be finite, got ", scaling);
+}
+
+}  // namespace
+
+void lora_forward_cuda(float* y, float* h, const float* x, const float* a, const float* b,
+                       float scaling, int n, int d_in, int rank, int d_out, cudaStream_t stream) {
+  LORA_CHECK(y != nullptr && h != nullptr && x != nullptr && a != nullptr && b != nullptr,
+             "y, h, x, a, b must not be null");
+  check_sizes(scaling, n, d_in, rank, d_out);
+  // h[n, r] = x[n, d_in] A[d_in, r]
+  cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_N, n, rank, d_in, 1.0f, x, d_in, a, rank,
+                        0.0f, h, rank);
+  // y[n, d_out] += s * h[n, r] B[r, d_out]
+  cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_N, n, d_out, rank, scaling, h, rank, b,
+                        d_out, 1.0f, y, d_out);
+}
+
+void lora_backward_cuda(float* dx, float* da, float* db, float* dh, const float* dy, const float* x,
+                        const float* h, const float* a, const float* b, float scaling, int n,
+                        int d_in, int rank, int d_out, cudaStream_t stream) {
+  LORA_CHECK(dh != nullptr && dy != nullptr && a != nullptr && b != nullptr,
+             "dh, dy, a, b must not be null");
+  check_sizes(scaling, n, d_in, rank, d_out);
+  if (db != nullptr) {
+    LORA_CHECK(h != nullptr, "h must not be null when db is wanted");
+    // dB[r, d_out] += s * h[n, r]^T g[n, d_out]
+    cuda::sgemm_row_major(stream, CUBLAS_OP_T, CUBLAS_OP_N, rank, d_out, n, scaling, h, rank, dy,
+                          d_out, 1.0f, db, d_out);
+  }
+  // dh[n, r] = s * g[n, d_out] B[r, d_out]^T
+  cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_T, n, rank, d_out, scaling, dy, d_out, b,
+                        d_out, 0.0f, dh, rank);
+  if (da != nullptr) {
+    LORA_CHECK(x != nullptr, "x must not be null when da is wanted");
+    // dA[d_in, r] += x[n, d_in]^T dh[n, r]
+    cuda::sgemm_row_major(stream, CUBLAS_OP_T, CUBLAS_OP_N, d_in, rank, n, 1.0f, x, d_in, dh, rank,
+                          1.0f, da, rank);
+  }
+  if (dx != nullptr) {
+    // dx[n, d_in] += dh[n, r] A[d_in, r]^T
+    cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_T, n, d_in, rank, 1.0f, dh, rank, a, rank,
+                          1.0f, dx, d_in);
+  }
+}
+
+}  // namespace lora::ops

@@ -1,0 +1,140 @@
+// NcclCommunicator at world size 1 (bootstrapped through a LocalCommunicator): an all-reduce of a
+// device buffer equals the buffer (sum and average of one rank), broadcast from root 0 keeps it,
+// barrier and split work, stats count bytes like the other backends, and bad arguments throw.
+// Multi-rank behaviour needs several GPUs and runs elsewhere. Skips without a device.
+#include <gtest/gtest.h>
+
+#ifdef LORA_WITH_CUDA
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/cuda_runtime.h"
+#include "core/error.h"
+#include "core/rng.h"
+
+#ifdef LORA_WITH_NCCL
+#include "comm/nccl.h"
+#endif
+
+namespace lora::comm {
+namespace {
+
+#ifdef LORA_WITH_NCCL
+
+class Nccl : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+    cuda::select_device(0);
+    LORA_CUDA_CHECK(cudaStreamCreate(&stream_));
+    bootstrap_.set_timeout(std::chrono::seconds(60));
+    comm_ = std::make_unique<NcclCommunicator>(bootstrap_, stream_);
+  }
+  void TearDown() override {
+    comm_.reset();
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  static std::vector<float> values(size_t n, uint64_t stream) {
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = normal01(7, stream, i);
+    return v;
+  }
+
+  LocalCommunicator bootstrap_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<NcclCommunicator> comm_;
+};
+
+TEST_F(Nccl, WorldOfOne) {
+  EXPECT_EQ(comm_->rank(), 0);
+  EXPECT_EQ(comm_->size(), 1);
+  EXPECT_EQ(comm_->name(), "nccl");
+  EXPECT_EQ(comm_->stream(), stream_);
+  EXPECT_EQ(comm_->timeout(), std::chrono::milliseconds(std::chrono::seconds(60)));
+}
+
+TEST_F(Nccl, AllReduceSumAndAverageOfOneRankIsIdentity) {
+  const size_t n = 10007;
+  const auto host = values(n, 1);
+  cuda::DeviceBuffer<float> buf(n);
+  for (const ReduceOp op : {ReduceOp::kSum, ReduceOp::kAverage, ReduceOp::kMax}) {
+    buf.copy_from_host(host.data());
+    auto work = comm_->all_reduce_async(std::span<float>(buf.data(), n), op);
+    comm_->wait(*work);
+    EXPECT_TRUE(work->test());
+    std::vector<float> back(n);
+    buf.copy_to_host(back.data());
+    EXPECT_EQ(back, host) << "op " << static_cast<int>(op);
+  }
+  EXPECT_EQ(comm_->stats().all_reduce_calls, 3u);
+  EXPECT_EQ(comm_->stats().all_reduce_bytes, 3u * n * sizeof(float));
+  EXPECT_GE(comm_->stats().wait_seconds, 0.0);
+}
+
+TEST_F(Nccl, AllReduceInt64AndEmpty) {
+  const std::vector<int64_t> host = {-3, 0, 1LL << 40, 17};
+  cuda::DeviceBuffer<int64_t> buf(host.size());
+  buf.copy_from_host(host.data());
+  comm_->all_reduce(std::span<int64_t>(buf.data(), host.size()), ReduceOp::kSum);
+  std::vector<int64_t> back(host.size());
+  buf.copy_to_host(back.data());
+  EXPECT_EQ(back, host);
+  auto work = comm_->all_reduce_async(buf.data(), 0, DType::kInt64, ReduceOp::kSum);
+  EXPECT_TRUE(work->test());
+  EXPECT_EQ(comm_->stats().all_reduce_calls, 2u);
+  EXPECT_EQ(comm_->stats().all_reduce_bytes, host.size() * sizeof(int64_t));
+  // Average of integers is refused, as in the MPI backend.
+  EXPECT_THROW(comm_->all_reduce_async(buf.data(), host.size(), DType::kInt64, ReduceOp::kAverage),
+               Error);
+  EXPECT_THROW(comm_->all_reduce_async(nullptr, 4, DType::kFloat32, ReduceOp::kSum), Error);
+}
+
+TEST_F(Nccl, BroadcastBarrierSplit) {
+  const size_t n = 333;
+  const auto host = values(n, 2);
+  cuda::DeviceBuffer<float> buf(n);
+  buf.copy_from_host(host.data());
+  comm_->broadcast(std::span<float>(buf.data(), n), 0);
+  std::vector<float> back(n);
+  buf.copy_to_host(back.data());
+  EXPECT_EQ(back, host);
+  EXPECT_THROW(comm_->broadcast(buf.data(), n, DType::kFloat32, 1), Error);
+  EXPECT_EQ(comm_->stats().all_reduce_calls, 0u);  // broadcast is not an all-reduce
+
+  comm_->barrier();
+
+  EXPECT_THROW(comm_->split(-1, 0), Error);
+  auto sub = comm_->split(0, 0);
+  ASSERT_NE(sub, nullptr);
+  EXPECT_EQ(sub->rank(), 0);
+  EXPECT_EQ(sub->size(), 1);
+  EXPECT_EQ(sub->name(), "nccl");
+  sub->all_reduce(std::span<float>(buf.data(), n), ReduceOp::kSum);
+  buf.copy_to_host(back.data());
+  EXPECT_EQ(back, host);
+  EXPECT_EQ(sub->stats().all_reduce_calls, 1u);
+  sub->barrier();
+}
+
+#else  // !LORA_WITH_NCCL
+
+TEST(Nccl, BuiltWithoutNccl) { GTEST_SKIP() << "built without NCCL (libnccl not found)"; }
+
+#endif  // LORA_WITH_NCCL
+
+}  // namespace
+}  // namespace lora::comm
+
+#else  // !LORA_WITH_CUDA
+
+TEST(Nccl, BuiltWithoutCuda) { GTEST_SKIP() << "built without CUDA"; }
+
+#endif  // LORA_WITH_CUDA

@@ -1,0 +1,604 @@
+// CUDA ops against the CPU reference ops: every forward and backward on random inputs, copied to
+// the device, run on a stream, copied back and compared element by element with a per-op
+// tolerance (|cpu - gpu| <= atol + rtol |cpu|). Gradients start from non-zero values so that
+// "accumulates (+=)" is checked, not only the product. Dropout masks must be equal bit for bit.
+// Without a device (or without a CUDA build) those tests skip with the reason; the parts that
+// need no device still run: the device copy of the hash equals core/rng.h, device discovery
+// reports a reason instead of failing, and every CUDA entry point validates its arguments before
+// it touches the device.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/cuda_runtime.h"
+#include "core/error.h"
+#include "core/ops/adamw.h"
+#include "core/ops/attention.h"
+#include "core/ops/cross_entropy.h"
+#include "core/ops/dropout.h"
+#include "core/ops/embedding.h"
+#include "core/ops/gelu.h"
+#include "core/ops/layernorm.h"
+#include "core/ops/lora.h"
+#include "core/ops/matmul.h"
+#include "core/ops/residual.h"
+#include "core/ops/rng_device.cuh"
+#include "core/rng.h"
+
+namespace lora::ops {
+namespace {
+
+constexpr uint64_t kSeed = 918273645;
+
+// ---- no device needed ----
+
+TEST(CudaRng, DeviceHashEqualsHostHash) {
+  for (uint64_t i = 0; i < 4096; ++i) {
+    const uint64_t seed = hash_u64(1, i);
+    const uint64_t a = i * 0x9E3779B97F4A7C15ull;
+    const uint64_t b = ~i;
+    const uint64_t c = i >> 3;
+    ASSERT_EQ(rng_device::mix64(a), mix64(a)) << i;
+    const uint64_t h = rng_device::hash_u64(seed, a, b, c);
+    ASSERT_EQ(h, hash_u64(seed, a, b, c)) << i;
+    ASSERT_EQ(rng_device::uniform01(h), uniform01(h)) << i;
+  }
+}
+
+TEST(CudaRuntime, DeviceAvailabilityGivesAReason) {
+  std::string why = "unchanged";
+  const bool available = cuda_device_available(&why);
+  if (available) {
+    EXPECT_TRUE(why.empty()) << why;
+  } else {
+    EXPECT_FALSE(why.empty());
+    EXPECT_NE(why, "unchanged");
+  }
+  EXPECT_EQ(cuda_device_available(nullptr), available);
+#ifdef LORA_WITH_CUDA
+  EXPECT_EQ(cuda::device_count() > 0, available);
+  if (!available) {
+    EXPECT_THROW(cuda::select_device(0), Error);
+  }
+#else
+  EXPECT_FALSE(available);
+#endif
+}
+
+#ifdef LORA_WITH_CUDA
+
+std::vector<float> randn(size_t n, uint64_t stream, float scale = 1.0f, float shift = 0.0f) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = shift + scale * normal01(kSeed, stream, i);
+  return v;
+}
+
+std::vector<int32_t> random_ids(size_t n, uint64_t stream, int bound) {
+  std::vector<int32_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<int32_t>(hash_u64(kSeed, stream, i) % bound);
+  return v;
+}
+
+// Entry points check their arguments on the host before any CUDA call, so these throw
+// lora::Error on any machine (the null stream is never used).
+TEST(CudaOpsValidation, EntryPointsRejectBadArguments) {
+  float f = 0.0f;
+  float* p = &f;
+  const int32_t tok = 0;
+  const uint64_t row_id = 0;
+  double d = 0.0;
+  cudaStream_t s = nullptr;
+  EXPECT_THROW(embedding_forward_cuda(p, &tok, p, p, 0, 1, 1, 1, s), Error);
+  EXPECT_THROW(embedding_forward_cuda(nullptr, &tok, p, p, 1, 1, 1, 1, s), Error);
+  EXPECT_THROW(embedding_backward_cuda(p, p, nullptr, &tok, 1, 1, 1, 1, s), Error);
+  EXPECT_THROW(layernorm_forward_cuda(p, nullptr, p, p, p, p, 1, 1, s), Error);
+  EXPECT_THROW(layernorm_backward_cuda(p, p, p, p, p, p, p, p, 1, 0, s), Error);
+  EXPECT_THROW(matmul_forward_cuda(p, p, p, nullptr, 1, 0, 1, s), Error);
+  EXPECT_THROW(matmul_backward_cuda(p, nullptr, nullptr, p, p, nullptr, 1, 1, 1, s), Error);
+  EXPECT_THROW(lm_head_forward_cuda(p, p, nullptr, 1, 1, 1, s), Error);
+  EXPECT_THROW(lm_head_backward_cuda(nullptr, p, p, nullptr, p, 1, 1, 1, s), Error);
+  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 4, 10, 3, s), Error);  // 10 % 3 != 0
+  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 20000, 64, 1, s), Error);  // shared memory
+  EXPECT_THROW(attention_backward_cuda(p, nullptr, p, p, 1, 4, 8, 2, s), Error);
+  EXPECT_THROW(gelu_forward_cuda(p, p, 0, s), Error);
+  EXPECT_THROW(gelu_backward_cuda(p, nullptr, p, 1, s), Error);
+  EXPECT_THROW(residual_forward_cuda(p, nullptr, p, 1, s), Error);
+  EXPECT_THROW(residual_backward_cuda(p, p, p, 0, s), Error);
+  EXPECT_THROW(cross_entropy_forward_cuda(p, p, &tok, 1, 0, s), Error);
+  EXPECT_THROW(cross_entropy_backward_cuda(p, p, &tok, NAN, 1, 1, s), Error);
+  EXPECT_THROW(dropout_forward_cuda(p, p, &row_id, 1.0f, 0, 0, 1, 1, s), Error);
+  EXPECT_THROW(dropout_backward_cuda(p, p, &row_id, -0.1f, 0, 0, 1, 1, s), Error);
+  EXPECT_THROW(lora_forward_cuda(p, p, p, p, p, INFINITY, 1, 1, 1, 1, s), Error);
+  EXPECT_THROW(lora_backward_cuda(p, p, p, nullptr, p, p, p, p, p, 1.0f, 1, 1, 1, 1, s), Error);
+  EXPECT_THROW(adamw_update_cuda(p, p, p, p, 1, AdamWParams{}, 0, s), Error);
+  AdamWParams bad;
+  bad.beta2 = 1.0f;
+  EXPECT_THROW(adamw_update_cuda(p, p, p, p, 1, bad, 1, s), Error);
+  EXPECT_THROW(sum_squares_cuda(nullptr, p, 1, s), Error);
+  EXPECT_THROW(sum_squares_cuda(&d, nullptr, 1, s), Error);
+  EXPECT_THROW(scale_cuda(nullptr, 2.0f, 1, s), Error);
+}
+
+// ---- on a device ----
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+    LORA_CUDA_CHECK(cudaStreamCreate(&stream_));
+  }
+  void TearDown() override {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  template <typename T>
+  cuda::DeviceBuffer<T> upload(const std::vector<T>& host) {
+    cuda::DeviceBuffer<T> d(host.size());
+    d.copy_from_host(host.data());
+    return d;
+  }
+  template <typename T>
+  std::vector<T> download(const cuda::DeviceBuffer<T>& d) {
+    LORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::vector<T> host(d.size());
+    d.copy_to_host(host.data());
+    return host;
+  }
+
+  // Forward and backward of attention at one size (defined below).
+  void check_attention(int n_batch, int n_seq, int d_model, int n_head);
+
+  cudaStream_t stream_ = nullptr;
+};
+
+// Every element within atol + rtol * |expected|; reports the count and the worst element.
+void expect_close(const std::string& what, const std::vector<float>& expected,
+                  const std::vector<float>& actual, double rtol, double atol) {
+  ASSERT_EQ(expected.size(), actual.size()) << what;
+  size_t n_bad = 0;
+  size_t worst_i = 0;
+  double worst = -1.0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const double diff = std::fabs(static_cast<double>(expected[i]) - actual[i]);
+    const double ratio = diff / (atol + rtol * std::fabs(static_cast<double>(expected[i])));
+    if (!(ratio <= 1.0)) ++n_bad;
+    if (!(ratio <= worst)) {
+      worst = std::isnan(ratio) ? INFINITY : ratio;
+      worst_i = i;
+    }
+  }
+  EXPECT_EQ(n_bad, 0u) << what << ": " << n_bad << " of " << expected.size()
+                       << " elements differ; worst at " << worst_i << ": cpu " << expected[worst_i]
+                       << " vs cuda " << actual[worst_i];
+}
+
+void expect_equal(const std::string& what, const std::vector<float>& expected,
+                  const std::vector<float>& actual) {
+  ASSERT_EQ(expected.size(), actual.size()) << what;
+  size_t n_bad = 0;
+  size_t first = 0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    if (expected[i] != actual[i]) {
+      if (n_bad == 0) first = i;
+      ++n_bad;
+    }
+  }
+  EXPECT_EQ(n_bad, 0u) << what << ": first difference at " << first << ": cpu " << expected[first]
+                       << " vs cuda " << actual[first];
+}
+
+TEST_F(CudaOps, Embedding) {
+  const int n_batch = 3, n_seq = 7, d_model = 40, vocab = 11;  // few tokens: repeats in dwte
+  const auto tokens = random_ids(static_cast<size_t>(n_batch) * n_seq, 1, vocab);
+  const auto wte = randn(static_cast<size_t>(vocab) * d_model, 2);
+  const auto wpe = randn(static_cast<size_t>(n_seq) * d_model, 3);
+  const size_t n_out = static_cast<size_t>(n_batch) * n_seq * d_model;
+  std::vector<float> out(n_out);
+  embedding_forward_cpu(out.data(), tokens.data(), wte.data(), wpe.data(), n_batch, n_seq, d_model,
+                        vocab);
+  auto d_tokens = upload(tokens);
+  auto d_wte = upload(wte);
+  auto d_wpe = upload(wpe);
+  cuda::DeviceBuffer<float> d_out(n_out);
+  embedding_forward_cuda(d_out.data(), d_tokens.data(), d_wte.data(), d_wpe.data(), n_batch, n_seq,
+                         d_model, vocab, stream_);
+  expect_equal("embedding out", out, download(d_out));
+
+  const auto dout = randn(n_out, 4);
+  auto dwte = randn(wte.size(), 5);
+  auto dwpe = randn(wpe.size(), 6);
+  auto d_dwte = upload(dwte);
+  auto d_dwpe = upload(dwpe);
+  auto d_dout = upload(dout);
+  embedding_backward_cpu(dwte.data(), dwpe.data(), dout.data(), tokens.data(), n_batch, n_seq,
+                         d_model, vocab);
+  embedding_backward_cuda(d_dwte.data(), d_dwpe.data(), d_dout.data(), d_tokens.data(), n_batch,
+                          n_seq, d_model, vocab, stream_);
+  expect_close("embedding dwte", dwte, download(d_dwte), 1e-5, 1e-5);
+  expect_close("embedding dwpe", dwpe, download(d_dwpe), 1e-5, 1e-5);
+
+  // Frozen table: only dwpe.
+  embedding_backward_cpu(nullptr, dwpe.data(), dout.data(), tokens.data(), n_batch, n_seq, d_model,
+                         vocab);
+  embedding_backward_cuda(nullptr, d_dwpe.data(), d_dout.data(), d_tokens.data(), n_batch, n_seq,
+                          d_model, vocab, stream_);
+  expect_close("embedding dwpe (frozen wte)", dwpe, download(d_dwpe), 1e-5, 1e-5);
+  expect_close("embedding dwte untouched", dwte, download(d_dwte), 1e-5, 1e-5);
+}
+
+TEST_F(CudaOps, LayerNorm) {
+  const int n = 300, c = 67;  // c not a multiple of 32; n spans several row chunks
+  const auto x = randn(static_cast<size_t>(n) * c, 10, 2.0f, 0.5f);
+  const auto w = randn(c, 11, 0.5f, 1.0f);
+  const auto b = randn(c, 12, 0.1f);
+  std::vector<float> y(x.size()), mean(n), rstd(n);
+  layernorm_forward_cpu(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), n, c);
+  auto d_x = upload(x);
+  auto d_w = upload(w);
+  auto d_b = upload(b);
+  cuda::DeviceBuffer<float> d_y(x.size()), d_mean(n), d_rstd(n);
+  layernorm_forward_cuda(d_y.data(), d_mean.data(), d_rstd.data(), d_x.data(), d_w.data(),
+                         d_b.data(), n, c, stream_);
+  expect_close("layernorm y", y, download(d_y), 1e-4, 1e-5);
+  expect_close("layernorm mean", mean, download(d_mean), 1e-5, 1e-6);
+  expect_close("layernorm rstd", rstd, download(d_rstd), 1e-5, 1e-6);
+
+  const auto dy = randn(x.size(), 13);
+  auto dx = randn(x.size(), 14);
+  auto dw = randn(c, 15);
+  auto db = randn(c, 16);
+  auto d_dy = upload(dy);
+  auto d_dx = upload(dx);
+  auto d_dw = upload(dw);
+  auto d_db = upload(db);
+  // The CPU statistics for both, so only the backward is compared.
+  auto d_mean_cpu = upload(mean);
+  auto d_rstd_cpu = upload(rstd);
+  layernorm_backward_cpu(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(),
+                         mean.data(), rstd.data(), n, c);
+  layernorm_backward_cuda(d_dx.data(), d_dw.data(), d_db.data(), d_dy.data(), d_x.data(),
+                          d_w.data(), d_mean_cpu.data(), d_rstd_cpu.data(), n, c, stream_);
+  expect_close("layernorm dx", dx, download(d_dx), 1e-4, 1e-4);
+  expect_close("layernorm dweight", dw, download(d_dw), 1e-4, 1e-4);
+  expect_close("layernorm dbias", db, download(d_db), 1e-4, 1e-4);
+
+  // Frozen weight and bias: dx only.
+  layernorm_backward_cpu(dx.data(), nullptr, nullptr, dy.data(), x.data(), w.data(), mean.data(),
+                         rstd.data(), n, c);
+  layernorm_backward_cuda(d_dx.data(), nullptr, nullptr, d_dy.data(), d_x.data(), d_w.data(),
+                          d_mean_cpu.data(), d_rstd_cpu.data(), n, c, stream_);
+  expect_close("layernorm dx (frozen)", dx, download(d_dx), 1e-4, 1e-4);
+  expect_close("layernorm dweight untouched", dw, download(d_dw), 1e-4, 1e-4);
+}
+
+TEST_F(CudaOps, Matmul) {
+  const int n = 45, d_in = 37, d_out = 29;
+  const auto x = randn(static_cast<size_t>(n) * d_in, 20);
+  const auto w = randn(static_cast<size_t>(d_in) * d_out, 21, 0.2f);
+  const auto bias = randn(d_out, 22);
+  auto d_x = upload(x);
+  auto d_w = upload(w);
+  auto d_bias = upload(bias);
+  for (const bool with_bias : {true, false}) {
+    std::vector<float> y(static_cast<size_t>(n) * d_out);
+    matmul_forward_cpu(y.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, n, d_in,
+                       d_out);
+    cuda::DeviceBuffer<float> d_y(y.size());
+    matmul_forward_cuda(d_y.data(), d_x.data(), d_w.data(), with_bias ? d_bias.data() : nullptr, n,
+                        d_in, d_out, stream_);
+    expect_close(with_bias ? "matmul y (bias)" : "matmul y (no bias)", y, download(d_y), 1e-4, 1e-4);
+  }
+
+  const auto dy = randn(static_cast<size_t>(n) * d_out, 23);
+  auto dx = randn(x.size(), 24);
+  auto dw = randn(w.size(), 25);
+  auto dbias = randn(d_out, 26);
+  auto d_dy = upload(dy);
+  auto d_dx = upload(dx);
+  auto d_dw = upload(dw);
+  auto d_dbias = upload(dbias);
+  matmul_backward_cpu(dx.data(), dw.data(), dbias.data(), dy.data(), x.data(), w.data(), n, d_in,
+                      d_out);
+  matmul_backward_cuda(d_dx.data(), d_dw.data(), d_dbias.data(), d_dy.data(), d_x.data(), d_w.data(),
+                       n, d_in, d_out, stream_);
+  expect_close("matmul dx", dx, download(d_dx), 1e-4, 1e-4);
+  expect_close("matmul dw", dw, download(d_dw), 1e-4, 1e-4);
+  expect_close("matmul dbias", dbias, download(d_dbias), 1e-4, 1e-4);
+
+  // Frozen weight: dx only.
+  matmul_backward_cpu(dx.data(), nullptr, nullptr, dy.data(), x.data(), w.data(), n, d_in, d_out);
+  matmul_backward_cuda(d_dx.data(), nullptr, nullptr, d_dy.data(), d_x.data(), d_w.data(), n, d_in,
+                       d_out, stream_);
+  expect_close("matmul dx (frozen)", dx, download(d_dx), 1e-4, 1e-4);
+  expect_close("matmul dw untouched", dw, download(d_dw), 1e-4, 1e-4);
+}
+
+TEST_F(CudaOps, LmHead) {
+  const int n = 13, c = 24, vocab = 71;
+  const auto x = randn(static_cast<size_t>(n) * c, 30);
+  const auto e = randn(static_cast<size_t>(vocab) * c, 31, 0.3f);
+  std::vector<float> y(static_cast<size_t>(n) * vocab);
+  lm_head_forward_cpu(y.data(), x.data(), e.data(), n, c, vocab);
+  auto d_x = upload(x);
+  auto d_e = upload(e);
+  cuda::DeviceBuffer<float> d_y(y.size());
+  lm_head_forward_cuda(d_y.data(), d_x.data(), d_e.data(), n, c, vocab, stream_);
+  expect_close("lm_head y", y, download(d_y), 1e-4, 1e-4);
+
+  const auto dy = randn(y.size(), 32);
+  auto dx = randn(x.size(), 33);
+  auto de = randn(e.size(), 34);
+  auto d_dy = upload(dy);
+  auto d_dx = upload(dx);
+  auto d_de = upload(de);
+  lm_head_backward_cpu(dx.data(), de.data(), dy.data(), x.data(), e.data(), n, c, vocab);
+  lm_head_backward_cuda(d_dx.data(), d_de.data(), d_dy.data(), d_x.data(), d_e.data(), n, c, vocab,
+                        stream_);
+  expect_close("lm_head dx", dx, download(d_dx), 1e-4, 1e-4);
+  expect_close("lm_head dE", de, download(d_de), 1e-4, 1e-4);
+}
+
+void CudaOps::check_attention(int n_batch, int n_seq, int d_model, int n_head) {
+  CudaOps& t = *this;
+  cudaStream_t stream = stream_;
+  const size_t n_qkv = static_cast<size_t>(n_batch) * n_seq * 3 * d_model;
+  const size_t n_out = static_cast<size_t>(n_batch) * n_seq * d_model;
+  const size_t n_att = static_cast<size_t>(n_batch) * n_head * n_seq * n_seq;
+  const auto qkv = randn(n_qkv, 40);
+  std::vector<float> out(n_out), att(n_att);
+  attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, d_model, n_head);
+  auto d_qkv = t.upload(qkv);
+  cuda::DeviceBuffer<float> d_out(n_out);
+  auto d_att = t.upload(randn(n_att, 41));  // garbage: the masked half must be overwritten
+  attention_forward_cuda(d_out.data(), d_att.data(), d_qkv.data(), n_batch, n_seq, d_model, n_head,
+                         stream);
+  expect_close("attention out", out, t.download(d_out), 1e-4, 1e-5);
+  expect_close("attention att", att, t.download(d_att), 1e-4, 1e-6);
+
+  const auto dout = randn(n_out, 42);
+  auto dqkv = randn(n_qkv, 43);
+  auto d_dout = t.upload(dout);
+  auto d_dqkv = t.upload(dqkv);
+  auto d_att_cpu = t.upload(att);  // the CPU probabilities for both backwards
+  attention_backward_cpu(dqkv.data(), dout.data(), qkv.data(), att.data(), n_batch, n_seq, d_model,
+                         n_head);
+  attention_backward_cuda(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_att_cpu.data(), n_batch,
+                          n_seq, d_model, n_head, stream);
+  expect_close("attention dqkv", dqkv, t.download(d_dqkv), 1e-4, 1e-4);
+}
+
+TEST_F(CudaOps, AttentionSmall) { check_attention(2, 9, 24, 3); }
+// One query row with more keys than a block has threads (n_seq > 128), head size 32.
+TEST_F(CudaOps, AttentionLongRows) { check_attention(1, 150, 64, 2); }
+
+TEST_F(CudaOps, Gelu) {
+  const size_t n = 5000;
+  const auto x = randn(n, 50, 3.0f);
+  std::vector<float> y(n);
+  gelu_forward_cpu(y.data(), x.data(), n);
+  auto d_x = upload(x);
+  cuda::DeviceBuffer<float> d_y(n);
+  gelu_forward_cuda(d_y.data(), d_x.data(), n, stream_);
+  expect_close("gelu y", y, download(d_y), 1e-5, 1e-6);
+
+  const auto dy = randn(n, 51);
+  auto dx = randn(n, 52);
+  auto d_dy = upload(dy);
+  auto d_dx = upload(dx);
+  gelu_backward_cpu(dx.data(), dy.data(), x.data(), n);
+  gelu_backward_cuda(d_dx.data(), d_dy.data(), d_x.data(), n, stream_);
+  expect_close("gelu dx", dx, download(d_dx), 1e-5, 1e-5);
+}
+
+TEST_F(CudaOps, Residual) {
+  const size_t n = 3001;
+  const auto a = randn(n, 60);
+  const auto b = randn(n, 61);
+  std::vector<float> y(n);
+  residual_forward_cpu(y.data(), a.data(), b.data(), n);
+  auto d_a = upload(a);
+  auto d_b = upload(b);
+  cuda::DeviceBuffer<float> d_y(n);
+  residual_forward_cuda(d_y.data(), d_a.data(), d_b.data(), n, stream_);
+  expect_equal("residual y", y, download(d_y));
+  residual_forward_cuda(d_a.data(), d_a.data(), d_b.data(), n, stream_);  // y aliases a
+  expect_equal("residual y in place", y, download(d_a));
+
+  const auto dy = randn(n, 62);
+  auto da = randn(n, 63);
+  auto db = randn(n, 64);
+  auto d_dy = upload(dy);
+  auto d_da = upload(da);
+  auto d_db = upload(db);
+  residual_backward_cpu(da.data(), db.data(), dy.data(), n);
+  residual_backward_cuda(d_da.data(), d_db.data(), d_dy.data(), n, stream_);
+  expect_equal("residual da", da, download(d_da));
+  expect_equal("residual db", db, download(d_db));
+  residual_backward_cpu(nullptr, db.data(), dy.data(), n);
+  residual_backward_cuda(nullptr, d_db.data(), d_dy.data(), n, stream_);
+  expect_equal("residual db only", db, download(d_db));
+  expect_equal("residual da untouched", da, download(d_da));
+}
+
+TEST_F(CudaOps, CrossEntropy) {
+  const int n = 6, vocab = 1234;  // vocab above the block size
+  const auto logits = randn(static_cast<size_t>(n) * vocab, 70, 4.0f, 20.0f);  // large offset
+  const auto targets = random_ids(n, 71, vocab);
+  std::vector<float> losses(n);
+  cross_entropy_forward_cpu(losses.data(), logits.data(), targets.data(), n, vocab);
+  auto d_logits = upload(logits);
+  auto d_targets = upload(targets);
+  cuda::DeviceBuffer<float> d_losses(n);
+  cross_entropy_forward_cuda(d_losses.data(), d_logits.data(), d_targets.data(), n, vocab, stream_);
+  expect_close("cross-entropy losses", losses, download(d_losses), 1e-5, 1e-5);
+
+  const float dloss = 1.0f / n;
+  std::vector<float> dlogits(logits.size());
+  cross_entropy_backward_cpu(dlogits.data(), logits.data(), targets.data(), dloss, n, vocab);
+  cuda::DeviceBuffer<float> d_dlogits(logits.size());
+  cross_entropy_backward_cuda(d_dlogits.data(), d_logits.data(), d_targets.data(), dloss, n, vocab,
+                              stream_);
+  expect_close("cross-entropy dlogits", dlogits, download(d_dlogits), 1e-4, 1e-7);
+  // In place: dlogits aliases logits.
+  cross_entropy_backward_cuda(d_logits.data(), d_logits.data(), d_targets.data(), dloss, n, vocab,
+                              stream_);
+  expect_close("cross-entropy dlogits in place", dlogits, download(d_logits), 1e-4, 1e-7);
+}
+
+TEST_F(CudaOps, DropoutMasksEqualCpu) {
+  const int rows = 13, cols = 77;
+  const size_t n = static_cast<size_t>(rows) * cols;
+  std::vector<uint64_t> row_ids(rows);
+  for (int r = 0; r < rows; ++r) row_ids[r] = hash_u64(kSeed, 80, r);  // full 64-bit ids
+  const auto x = randn(n, 81);
+  const auto dy = randn(n, 82);
+  auto d_row_ids = upload(row_ids);
+  auto d_x = upload(x);
+  auto d_dy = upload(dy);
+  for (const float p : {0.0f, 0.1f, 0.5f}) {
+    std::vector<float> y(n);
+    dropout_forward_cpu(y.data(), x.data(), row_ids.data(), p, 7, 3, rows, cols);
+    cuda::DeviceBuffer<float> d_y(n);
+    dropout_forward_cuda(d_y.data(), d_x.data(), d_row_ids.data(), p, 7, 3, rows, cols, stream_);
+    const auto y_gpu = download(d_y);
+    expect_equal("dropout y p=" + std::to_string(p), y, y_gpu);
+    size_t n_dropped = 0;
+    for (float v : y_gpu) n_dropped += v == 0.0f;
+    if (p == 0.0f) {
+      EXPECT_EQ(n_dropped, 0u);
+    }
+    if (p == 0.5f) {
+      EXPECT_GT(n_dropped, n / 4);  // a mask, not an identity
+    }
+
+    // From zero the backward is exactly the masked, scaled dy; then it must accumulate.
+    std::vector<float> dx(n, 0.0f);
+    auto d_dx = upload(dx);
+    dropout_backward_cpu(dx.data(), dy.data(), row_ids.data(), p, 7, 3, rows, cols);
+    dropout_backward_cuda(d_dx.data(), d_dy.data(), d_row_ids.data(), p, 7, 3, rows, cols, stream_);
+    expect_equal("dropout dx p=" + std::to_string(p), dx, download(d_dx));
+    auto dx_acc = randn(n, 83);
+    auto d_dx_acc = upload(dx_acc);
+    dropout_backward_cpu(dx_acc.data(), dy.data(), row_ids.data(), p, 7, 3, rows, cols);
+    dropout_backward_cuda(d_dx_acc.data(), d_dy.data(), d_row_ids.data(), p, 7, 3, rows, cols,
+                          stream_);
+    expect_close("dropout dx accumulated p=" + std::to_string(p), dx_acc, download(d_dx_acc), 1e-6,
+                 1e-7);
+  }
+}
+
+TEST_F(CudaOps, Lora) {
+  const int n = 21, d_in = 19, rank = 4, d_out = 23;
+  const float scaling = 16.0f / rank;
+  const auto x = randn(static_cast<size_t>(n) * d_in, 90);
+  const auto a = randn(static_cast<size_t>(d_in) * rank, 91, 0.3f);
+  const auto b = randn(static_cast<size_t>(rank) * d_out, 92, 0.3f);  // non-zero B: all paths live
+  auto y = randn(static_cast<size_t>(n) * d_out, 93);  // the base output the update is added to
+  std::vector<float> h(static_cast<size_t>(n) * rank);
+  auto d_x = upload(x);
+  auto d_a = upload(a);
+  auto d_b = upload(b);
+  auto d_y = upload(y);
+  cuda::DeviceBuffer<float> d_h(h.size());
+  lora_forward_cpu(y.data(), h.data(), x.data(), a.data(), b.data(), scaling, n, d_in, rank, d_out);
+  lora_forward_cuda(d_y.data(), d_h.data(), d_x.data(), d_a.data(), d_b.data(), scaling, n, d_in,
+                    rank, d_out, stream_);
+  expect_close("lora y", y, download(d_y), 1e-4, 1e-4);
+  expect_close("lora h", h, download(d_h), 1e-4, 1e-5);
+
+  const auto dy = randn(y.size(), 94);
+  auto dx = randn(x.size(), 95);
+  auto da = randn(a.size(), 96);
+  auto db = randn(b.size(), 97);
+  std::vector<float> dh(h.size());
+  auto d_dy = upload(dy);
+  auto d_dx = upload(dx);
+  auto d_da = upload(da);
+  auto d_db = upload(db);
+  cuda::DeviceBuffer<float> d_dh(dh.size());
+  auto d_h_cpu = upload(h);
+  lora_backward_cpu(dx.data(), da.data(), db.data(), dh.data(), dy.data(), x.data(), h.data(),
+                    a.data(), b.data(), scaling, n, d_in, rank, d_out);
+  lora_backward_cuda(d_dx.data(), d_da.data(), d_db.data(), d_dh.data(), d_dy.data(), d_x.data(),
+                     d_h_cpu.data(), d_a.data(), d_b.data(), scaling, n, d_in, rank, d_out, stream_);
+  expect_close("lora dx", dx, download(d_dx), 1e-4, 1e-4);
+  expect_close("lora dA", da, download(d_da), 1e-4, 1e-4);
+  expect_close("lora dB", db, download(d_db), 1e-4, 1e-4);
+  expect_close("lora dh", dh, download(d_dh), 1e-4, 1e-4);
+
+  // No input gradient, no dA: dB and dh only.
+  lora_backward_cpu(nullptr, nullptr, db.data(), dh.data(), dy.data(), x.data(), h.data(), a.data(),
+                    b.data(), scaling, n, d_in, rank, d_out);
+  lora_backward_cuda(nullptr, nullptr, d_db.data(), d_dh.data(), d_dy.data(), d_x.data(),
+                     d_h_cpu.data(), d_a.data(), d_b.data(), scaling, n, d_in, rank, d_out, stream_);
+  expect_close("lora dB (second pass)", db, download(d_db), 1e-4, 1e-4);
+  expect_close("lora dA untouched", da, download(d_da), 1e-4, 1e-4);
+}
+
+TEST_F(CudaOps, AdamWSumSquaresScale) {
+  const size_t n = 70001;  // several blocks, not a multiple of the block size
+  auto params = randn(n, 100);
+  auto m = randn(n, 101, 0.01f);
+  auto v = randn(n, 102, 0.0f, 0.02f);  // v >= 0
+  auto d_params = upload(params);
+  auto d_m = upload(m);
+  auto d_v = upload(v);
+  AdamWParams hp;
+  hp.lr = 1e-2f;
+  hp.weight_decay = 0.1f;
+  for (long step = 1; step <= 3; ++step) {
+    const auto grads = randn(n, 103 + step);
+    auto d_grads = upload(grads);
+    adamw_update_cpu(params.data(), grads.data(), m.data(), v.data(), n, hp, step);
+    adamw_update_cuda(d_params.data(), d_grads.data(), d_m.data(), d_v.data(), n, hp, step, stream_);
+    LORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  expect_close("adamw params", params, download(d_params), 1e-5, 1e-6);
+  expect_close("adamw m", m, download(d_m), 1e-5, 1e-7);
+  expect_close("adamw v", v, download(d_v), 1e-5, 1e-8);
+
+  const auto g = randn(n, 110);
+  auto d_g = upload(g);
+  cuda::DeviceBuffer<double> d_sum(1);
+  d_sum.zero();
+  sum_squares_cuda(d_sum.data(), d_g.data(), n, stream_);
+  const double expected = sum_squares_cpu(g.data(), n);
+  const double got = download(d_sum)[0];
+  EXPECT_NEAR(got, expected, 1e-12 * expected);
+  sum_squares_cuda(d_sum.data(), d_g.data(), n, stream_);  // overwrites, does not accumulate
+  EXPECT_NEAR(download(d_sum)[0], expected, 1e-12 * expected);
+
+  auto scaled = g;
+  scale_cpu(scaled.data(), 0.37f, n);
+  scale_cuda(d_g.data(), 0.37f, n, stream_);
+  expect_equal("scale", scaled, download(d_g));
+}
+
+TEST_F(CudaOps, DeviceBufferMovesOwnership) {
+  cuda::DeviceBuffer<float> a(16);
+  float* p = a.data();
+  ASSERT_NE(p, nullptr);
+  cuda::DeviceBuffer<float> b(std::move(a));
+  EXPECT_EQ(b.data(), p);
+  EXPECT_EQ(b.size(), 16u);
+  EXPECT_EQ(a.data(), nullptr);
+  EXPECT_EQ(a.size(), 0u);
+  const std::vector<float> values(16, 2.5f);
+  b.copy_from_host(values.data());
+  std::vector<float> back(16);
+  b.copy_to_host(back.data());
+  EXPECT_EQ(back, values);
+}
+
+#else  // !LORA_WITH_CUDA
+
+TEST(CudaOps, BuiltWithoutCuda) { GTEST_SKIP() << "built without CUDA"; }
+
+#endif  // LORA_WITH_CUDA
+
+}  // namespace
+}  // namespace lora::ops

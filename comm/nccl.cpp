@@ -73,17 +73,6 @@ std::string local_hostname() {
   return buf;
 }
 
-const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::kFloat32: return "float32";
-    case DType::kFloat64: return "float64";
-    case DType::kInt32: return "int32";
-    case DType::kInt64: return "int64";
-    case DType::kUint8: return "uint8";
-  }
-  return "unknown";
-}
-
 ncclDataType_t nccl_type(DType t) {
   switch (t) {
     case DType::kFloat32: return ncclFloat32;

@@ -319,8 +319,26 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   long step = rs.step;
   uint64_t tokens_seen = static_cast<uint64_t>(rs.tokens_seen);
   summary.start_step = step;
+  long last_checkpoint_step = rs.has ? step : -1;
 
-  fs::create_directories(cfg.run.output_dir);
+  // Fail now, not after hours of training, when checkpoints cannot be written.
+  if (lead) {
+    std::error_code ec;
+    fs::create_directories(ckpt_dir, ec);
+    const fs::path probe = fs::path(ckpt_dir) / (".write-test-" + std::to_string(::getpid()));
+    std::ofstream f(probe);
+    const bool ok = !ec && f.is_open() && (f << "x").flush();
+    f.close();
+    fs::remove(probe, ec);
+    LORA_INPUT_CHECK(ok, "checkpoint.dir: cannot write checkpoints to '", ckpt_dir,
+                     "' (expected a writable directory)");
+  }
+
+  {
+    std::error_code ec;
+    fs::create_directories(cfg.run.output_dir, ec);
+    LORA_INPUT_CHECK(!ec, "run.output_dir: cannot create '", cfg.run.output_dir, "': ", ec.message());
+  }
   std::ofstream metrics;
   if (lead) {
     std::ofstream(fs::path(cfg.run.output_dir) / "config.yaml") << cfg.resolved_yaml;
@@ -370,12 +388,12 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   const float loss_scale = 1.0f / static_cast<float>(accum * world);
   float lr = lr_at(step, cfg.train);
 
-  // Rank 0 writes the checkpoint of the state after `step` steps; every rank then waits for it.
-  auto save_checkpoint = [&]() {
+  // Rank 0 writes the checkpoint of the state after `steps_done` steps; every rank waits for it.
+  auto save_checkpoint = [&](long steps_done) {
     if (lead) {
       const auto t0 = Clock::now();
       CheckpointState c;
-      c.step = step;
+      c.step = steps_done;
       c.tokens_seen = tokens_seen;
       c.world_size = world;
       c.base_fingerprint = fingerprint;
@@ -393,7 +411,7 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
       c.adam_m = optimizer.m();
       c.adam_v = optimizer.v();
       c.data_seed = cfg.run.seed;
-      c.data_cursor = step;
+      c.data_cursor = steps_done;
       c.dropout_seed = dropout_seed;
       c.lr = lr;
       c.lr_warmup_steps = cfg.train.warmup_steps;
@@ -401,7 +419,7 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
       metrics.flush();
       std::ifstream mf(fs::path(cfg.run.output_dir) / "metrics.jsonl");
       c.metrics_jsonl.assign(std::istreambuf_iterator<char>(mf), std::istreambuf_iterator<char>());
-      const std::string path = (fs::path(ckpt_dir) / checkpoint_file_name(step)).string();
+      const std::string path = (fs::path(ckpt_dir) / checkpoint_file_name(steps_done)).string();
       write_checkpoint(path, c);
       prune_checkpoints(ckpt_dir, cfg.checkpoint.keep);
       summary.last_checkpoint = path;
@@ -419,7 +437,6 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   double window_comm_wait = 0.0;
   uint64_t window_comm_bytes = 0;
   double last_loss = std::numeric_limits<double>::quiet_NaN();
-  long last_checkpoint_step = -1;
 
   for (; step < cfg.train.steps; ++step) {
     // All ranks agree whether to stop before starting a step (a signal may reach only some).
@@ -514,10 +531,8 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
       window_comm_bytes = 0;
     }
     if (cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0 && !is_last) {
-      step = done;  // the state now is "done steps completed"
-      save_checkpoint();
-      last_checkpoint_step = step;
-      step = done - 1;
+      save_checkpoint(done);
+      last_checkpoint_step = done;
     }
   }
   summary.steps_done = step;
@@ -528,7 +543,7 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
              << base_fingerprint(model->trainable_params(), model->n_trainable()) << " after step "
              << step << std::endl;
   // Final (or signal-triggered) checkpoint of the state after `step` steps.
-  if (last_checkpoint_step != step) save_checkpoint();
+  if (last_checkpoint_step != step) save_checkpoint(step);
   if (lead && cfg.train.mode == TrainMode::kFull && summary.stop_signal == 0) {
     const std::string path = (fs::path(cfg.run.output_dir) / "model.safetensors").string();
     save_gpt2_weights(path, model->base_layout(), model->base_params());

@@ -5,6 +5,7 @@
 //   bench_train [--layers 4] [--d-model 256] [--heads 4] [--vocab 256] [--seq 128] [--batch 8]
 //               [--rank 8] [--targets attn.qkv,attn.proj] [--mode lora|full] [--threads 1]
 //               [--steps 10] [--warmup 2]
+#include <cblas.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -83,11 +84,11 @@ int main(int argc, char** argv) {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   std::printf(
-      "{\"impl\": \"lora\", \"mode\": \"%s\", \"threads\": %d, \"layers\": %d, \"d_model\": %d, "
+      "{\"impl\": \"lora\", \"blas_core\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"layers\": %d, \"d_model\": %d, "
       "\"vocab\": %d, \"seq\": %d, \"batch\": %d, \"rank\": %d, \"targets\": \"%s\", "
       "\"trainable\": %zu, \"step_s_median\": %.5f, \"step_s_min\": %.5f, \"tokens_per_s\": %.1f, "
       "\"peak_rss_mib\": %.1f}\n",
-      mode.c_str(), threads, shape.n_layer, shape.d_model, shape.vocab_size, seq, batch, spec.rank,
+      openblas_get_corename(), mode.c_str(), threads, shape.n_layer, shape.d_model, shape.vocab_size, seq, batch, spec.rank,
       targets.c_str(), model.n_trainable(), median, times.front(), batch * seq / median,
       ru.ru_maxrss / 1024.0);
   return 0;

@@ -1,15 +1,17 @@
-// Causal multi-head self-attention on the CPU, parallel over (batch, head) with OpenMP.
-//   forward, per (b, h), hs = d_model / n_head, q/k/v rows read in place from qkv [B, T, 3C]:
-//     s[t, u] = q_t . k_u / sqrt(hs)  (u <= t);  att[b, h, t, :] = softmax(s[t, :u<=t]), 0 after t
-//     out[b, t, h*hs:(h+1)*hs] = sum_{u<=t} att[t, u] v_u
-//   backward (accumulates into dqkv [B, T, 3C]), with g_t = dout[b, t, head h]:
-//     dv_u += att[t, u] g_t;   dp[t, u] = g_t . v_u
-//     ds[t, u] = att[t, u] (dp[t, u] - sum_u' att[t, u'] dp[t, u']) / sqrt(hs)
-//     dq_t += sum_u ds[t, u] k_u;   dk_u += sum_t ds[t, u] q_t
-// Only the causal triangle is computed. The dot products against all earlier keys (values in
-// backward) run as vector updates over u on a transposed per-thread copy of K (V); the rest are
-// vector updates over the head dimension. No BLAS call is made inside the parallel region.
+// Causal multi-head self-attention on the CPU, one (batch, head) pair at a time, its products as
+// OpenBLAS sgemm calls on row blocks of kBlock queries so that blocks above the causal diagonal
+// are never computed (about half the work is skipped for long sequences).
+//   forward, per (b, h), hs = d_model / n_head, q/k/v read in place from qkv [B, T, 3C]:
+//     S = Q K^T / sqrt(hs)   (rows t, keys u <= t)
+//     att[b, h] = P = row softmax of S over u <= t, 0 above the diagonal
+//     out[b, :, head h] = P V
+//   backward, with dO = dout[b, :, head h] (accumulates into dqkv):
+//     dV += P^T dO;   dP = dO V^T;   dS = P * (dP - rowsum(P * dP)) / sqrt(hs)
+//     dQ += dS K;     dK += dS^T Q
+// Row-wise softmax work is parallel over rows (OpenMP); the products use OpenBLAS's own threads.
 #include "core/ops/attention.h"
+
+#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +24,8 @@
 namespace lora::ops {
 namespace {
 
+constexpr int kBlock = 64;  // queries per block
+
 void check_args(int n_batch, int n_seq, int d_model, int n_head) {
   LORA_CHECK(n_batch > 0 && n_seq > 0 && d_model > 0 && n_head > 0,
              "sizes must be positive: n_batch=", n_batch, " n_seq=", n_seq, " d_model=", d_model,
@@ -30,13 +34,8 @@ void check_args(int n_batch, int n_seq, int d_model, int n_head) {
              n_head, ")");
 }
 
-// dst[d * n_seq + u] = src[u * stride + d] for u < n_seq, d < hs.
-void transpose_head(float* dst, const float* src, int n_seq, int hs, size_t stride) {
-  for (int u = 0; u < n_seq; ++u) {
-    const float* row = src + static_cast<size_t>(u) * stride;
-    for (int d = 0; d < hs; ++d) dst[static_cast<size_t>(d) * n_seq + u] = row[d];
-  }
-}
+// Keys visible to the query block starting at row r0: [0, min(T, r0 + kBlock)).
+inline int keys_for_block(int r0, int T) { return std::min(T, r0 + kBlock); }
 
 }  // namespace
 
@@ -44,60 +43,45 @@ void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch
                            int d_model, int n_head) {
   LORA_CHECK(out != nullptr && att != nullptr && qkv != nullptr, "out, att, qkv must not be null");
   check_args(n_batch, n_seq, d_model, n_head);
-  const int T = n_seq;
-  const int hs = d_model / n_head;
-  const size_t stride = 3 * static_cast<size_t>(d_model);
+  const int T = n_seq, C = d_model, hs = d_model / n_head;
+  const int ld = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  const double work = static_cast<double>(n_batch) * n_head * T * T * hs;
-#pragma omp parallel if (work > 262144.0)
-  {
-    std::vector<float> kt(static_cast<size_t>(hs) * T);
-#pragma omp for collapse(2) schedule(static)
-    for (int b = 0; b < n_batch; ++b) {
-      for (int h = 0; h < n_head; ++h) {
-        const float* base = qkv + static_cast<size_t>(b) * T * stride;
-        const float* q_base = base + static_cast<size_t>(h) * hs;
-        const float* k_base = q_base + d_model;
-        const float* v_base = q_base + 2 * static_cast<size_t>(d_model);
-        float* att_bh = att + (static_cast<size_t>(b) * n_head + h) * T * T;
-        transpose_head(kt.data(), k_base, T, hs, stride);
-        for (int t = 0; t < T; ++t) {
-          const float* q = q_base + static_cast<size_t>(t) * stride;
-          float* s = att_bh + static_cast<size_t>(t) * T;
-          const int n_keys = t + 1;
-#pragma omp simd
-          for (int u = 0; u < n_keys; ++u) s[u] = 0.0f;
-          for (int d = 0; d < hs; ++d) {
-            const float qd = q[d] * scale;
-            const float* kd = kt.data() + static_cast<size_t>(d) * T;
-#pragma omp simd
-            for (int u = 0; u < n_keys; ++u) s[u] += qd * kd[u];
-          }
-          float m = s[0];
-#pragma omp simd reduction(max : m)
-          for (int u = 0; u < n_keys; ++u) m = s[u] > m ? s[u] : m;
-          float sum = 0.0f;
+  for (int b = 0; b < n_batch; ++b) {
+    for (int h = 0; h < n_head; ++h) {
+      const float* q = qkv + static_cast<size_t>(b) * T * ld + static_cast<size_t>(h) * hs;
+      const float* k = q + C;
+      const float* v = q + 2 * C;
+      float* p = att + (static_cast<size_t>(b) * n_head + h) * T * T;
+      float* o = out + static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;
+      for (int r0 = 0; r0 < T; r0 += kBlock) {
+        const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
+                    q + static_cast<size_t>(r0) * ld, ld, k, ld, 0.0f,
+                    p + static_cast<size_t>(r0) * T, T);
+      }
+#pragma omp parallel for schedule(static) if (T >= 256)
+      for (int t = 0; t < T; ++t) {
+        float* s = p + static_cast<size_t>(t) * T;
+        const int n = t + 1;
+        float m = s[0];
+        for (int u = 1; u < n; ++u) m = s[u] > m ? s[u] : m;
+        float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-          for (int u = 0; u < n_keys; ++u) {
-            const float e = detail::exp_approx(s[u] - m);
-            s[u] = e;
-            sum += e;
-          }
-          const float inv = 1.0f / sum;
-#pragma omp simd
-          for (int u = 0; u < n_keys; ++u) s[u] *= inv;
-          for (int u = n_keys; u < T; ++u) s[u] = 0.0f;
-
-          float* o = out + (static_cast<size_t>(b) * T + t) * d_model + static_cast<size_t>(h) * hs;
-#pragma omp simd
-          for (int d = 0; d < hs; ++d) o[d] = 0.0f;
-          for (int u = 0; u < n_keys; ++u) {
-            const float p = s[u];
-            const float* v = v_base + static_cast<size_t>(u) * stride;
-#pragma omp simd
-            for (int d = 0; d < hs; ++d) o[d] += p * v[d];
-          }
+        for (int u = 0; u < n; ++u) {
+          const float e = detail::exp_approx(s[u] - m);
+          s[u] = e;
+          sum += e;
         }
+        const float inv = 1.0f / sum;
+#pragma omp simd
+        for (int u = 0; u < n; ++u) s[u] *= inv;
+        std::fill(s + n, s + T, 0.0f);
+      }
+      for (int r0 = 0; r0 < T; r0 += kBlock) {
+        const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
+                    p + static_cast<size_t>(r0) * T, T, v, ld, 0.0f,
+                    o + static_cast<size_t>(r0) * C, C);
       }
     }
   }
@@ -108,83 +92,55 @@ void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, co
   LORA_CHECK(dqkv != nullptr && dout != nullptr && qkv != nullptr && att != nullptr,
              "dqkv, dout, qkv, att must not be null");
   check_args(n_batch, n_seq, d_model, n_head);
-  const int T = n_seq;
-  const int hs = d_model / n_head;
-  const size_t stride = 3 * static_cast<size_t>(d_model);
+  const int T = n_seq, C = d_model, hs = d_model / n_head;
+  const int ld = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  const double work = static_cast<double>(n_batch) * n_head * T * T * hs;
-#pragma omp parallel if (work > 262144.0)
-  {
-    std::vector<float> vt(static_cast<size_t>(hs) * T);
-    std::vector<float> dk(static_cast<size_t>(T) * hs);
-    std::vector<float> dv(static_cast<size_t>(T) * hs);
-    std::vector<float> ds(T);
-    std::vector<float> dq(hs);
-#pragma omp for collapse(2) schedule(static)
-    for (int b = 0; b < n_batch; ++b) {
-      for (int h = 0; h < n_head; ++h) {
-        const float* base = qkv + static_cast<size_t>(b) * T * stride;
-        const float* q_base = base + static_cast<size_t>(h) * hs;
-        const float* k_base = q_base + d_model;
-        const float* v_base = q_base + 2 * static_cast<size_t>(d_model);
-        const float* att_bh = att + (static_cast<size_t>(b) * n_head + h) * T * T;
-        transpose_head(vt.data(), v_base, T, hs, stride);
-        std::fill(dk.begin(), dk.end(), 0.0f);
-        std::fill(dv.begin(), dv.end(), 0.0f);
-        for (int t = 0; t < T; ++t) {
-          const float* p = att_bh + static_cast<size_t>(t) * T;
-          const float* g = dout + (static_cast<size_t>(b) * T + t) * d_model +
-                           static_cast<size_t>(h) * hs;
-          const float* q = q_base + static_cast<size_t>(t) * stride;
-          const int n_keys = t + 1;
-          // dp[u] = g . v_u, kept in ds.
-          float* dp = ds.data();
-#pragma omp simd
-          for (int u = 0; u < n_keys; ++u) dp[u] = 0.0f;
-          for (int d = 0; d < hs; ++d) {
-            const float gd = g[d];
-            const float* vd = vt.data() + static_cast<size_t>(d) * T;
-#pragma omp simd
-            for (int u = 0; u < n_keys; ++u) dp[u] += gd * vd[u];
-          }
-          float dot = 0.0f;
+  std::vector<float> ds(static_cast<size_t>(T) * T);  // dP, then dS, in place
+  for (int b = 0; b < n_batch; ++b) {
+    for (int h = 0; h < n_head; ++h) {
+      const size_t head = static_cast<size_t>(b) * T * ld + static_cast<size_t>(h) * hs;
+      const float* q = qkv + head;
+      const float* k = q + C;
+      const float* v = q + 2 * C;
+      float* dq = dqkv + head;
+      float* dk = dq + C;
+      float* dv = dq + 2 * C;
+      const float* p = att + (static_cast<size_t>(b) * n_head + h) * T * T;
+      const float* g = dout + static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;
+      for (int r0 = 0; r0 < T; r0 += kBlock) {
+        const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
+        // dV[0:keys] += P[r0 block, 0:keys]^T dO[r0 block]
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hs, rows, 1.0f,
+                    p + static_cast<size_t>(r0) * T, T, g + static_cast<size_t>(r0) * C, C, 1.0f,
+                    dv, ld);
+        // dP[r0 block, 0:keys] = dO[r0 block] V[0:keys]^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, 1.0f,
+                    g + static_cast<size_t>(r0) * C, C, v, ld, 0.0f,
+                    ds.data() + static_cast<size_t>(r0) * T, T);
+      }
+#pragma omp parallel for schedule(static) if (T >= 256)
+      for (int t = 0; t < T; ++t) {
+        const float* pt = p + static_cast<size_t>(t) * T;
+        float* dst = ds.data() + static_cast<size_t>(t) * T;
+        const int n = t + 1;
+        float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-          for (int u = 0; u < n_keys; ++u) dot += p[u] * dp[u];
+        for (int u = 0; u < n; ++u) dot += pt[u] * dst[u];
 #pragma omp simd
-          for (int u = 0; u < n_keys; ++u) ds[u] = p[u] * (dp[u] - dot) * scale;
-
-#pragma omp simd
-          for (int d = 0; d < hs; ++d) dq[d] = 0.0f;
-          for (int u = 0; u < n_keys; ++u) {
-            const float pu = p[u];
-            const float su = ds[u];
-            const float* k = k_base + static_cast<size_t>(u) * stride;
-            float* dvu = dv.data() + static_cast<size_t>(u) * hs;
-            float* dku = dk.data() + static_cast<size_t>(u) * hs;
-#pragma omp simd
-            for (int d = 0; d < hs; ++d) {
-              dq[d] += su * k[d];
-              dku[d] += su * q[d];
-              dvu[d] += pu * g[d];
-            }
-          }
-          float* dq_out = dqkv + (static_cast<size_t>(b) * T + t) * stride +
-                          static_cast<size_t>(h) * hs;
-#pragma omp simd
-          for (int d = 0; d < hs; ++d) dq_out[d] += dq[d];
-        }
-        for (int u = 0; u < T; ++u) {
-          float* row = dqkv + (static_cast<size_t>(b) * T + u) * stride + static_cast<size_t>(h) * hs;
-          float* dk_out = row + d_model;
-          float* dv_out = row + 2 * static_cast<size_t>(d_model);
-          const float* dku = dk.data() + static_cast<size_t>(u) * hs;
-          const float* dvu = dv.data() + static_cast<size_t>(u) * hs;
-#pragma omp simd
-          for (int d = 0; d < hs; ++d) {
-            dk_out[d] += dku[d];
-            dv_out[d] += dvu[d];
-          }
-        }
+        for (int u = 0; u < n; ++u) dst[u] = pt[u] * (dst[u] - dot) * scale;
+        // Above the diagonal dS is 0: clear what the block product wrote there.
+        std::fill(dst + n, dst + keys_for_block(t - t % kBlock, T), 0.0f);
+      }
+      for (int r0 = 0; r0 < T; r0 += kBlock) {
+        const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
+        // dQ[r0 block] += dS[r0 block, 0:keys] K[0:keys]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
+                    ds.data() + static_cast<size_t>(r0) * T, T, k, ld, 1.0f,
+                    dq + static_cast<size_t>(r0) * ld, ld);
+        // dK[0:keys] += dS[r0 block, 0:keys]^T Q[r0 block]
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hs, rows, 1.0f,
+                    ds.data() + static_cast<size_t>(r0) * T, T, q + static_cast<size_t>(r0) * ld, ld,
+                    1.0f, dk, ld);
       }
     }
   }

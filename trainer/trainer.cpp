@@ -93,6 +93,11 @@ int configure_threads(int threads) {
 }
 
 std::unique_ptr<Gpt2Model> build_model(const Config& cfg) {
+  // The CUDA kernels exist (core/ops/*.cu) but the training loop drives the CPU backend only.
+  LORA_INPUT_CHECK(cfg.device.backend != DeviceBackend::kCuda, cfg.source_path,
+                   ": device.backend: cuda is not available in the trainer yet (expected auto or cpu)");
+  LORA_INPUT_CHECK(cfg.model.dtype == "fp32", cfg.source_path, ": model.dtype: ", cfg.model.dtype,
+                   " needs the CUDA backend; the CPU backend computes in fp32 (expected fp32)");
   std::optional<LoraSpec> spec;
   if (cfg.train.mode == TrainMode::kLora) spec = cfg.lora;
   auto model = std::make_unique<Gpt2Model>(cfg.model.shape, cfg.train.mode, spec);

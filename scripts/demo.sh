@@ -34,7 +34,7 @@ banner "1. pretrain a base model on fortunes/computers (full mode)"
 banner "2. before fine-tuning: the base on fortunes/songs-poems"
 before_eval=$("$lora" eval configs/demo-lora.yaml)
 echo "$before_eval"
-before_sample=$("$lora" generate configs/demo-lora.yaml --prompt "$prompt" --tokens 160)
+before_sample=$("$lora" generate configs/demo-lora.yaml --prompt "$prompt" --tokens 200 --temperature 0.7 --seed 3)
 echo "$before_sample"
 
 banner "3. LoRA fine-tuning on fortunes/songs-poems (base frozen)"
@@ -44,7 +44,7 @@ ckpt=$(ls -1 runs/demo/lora/checkpoints/ckpt-*.h5 | sort -t- -k2 -n | tail -n 1)
 banner "4. after fine-tuning"
 after_eval=$("$lora" eval configs/demo-lora.yaml --adapter "$ckpt")
 echo "$after_eval"
-after_sample=$("$lora" generate configs/demo-lora.yaml --adapter "$ckpt" --prompt "$prompt" --tokens 160)
+after_sample=$("$lora" generate configs/demo-lora.yaml --adapter "$ckpt" --prompt "$prompt" --tokens 200 --temperature 0.7 --seed 3)
 echo "$after_sample"
 
 banner "summary"

@@ -2,8 +2,8 @@
 //   - exact resume: 2 ranks, 20 steps straight vs 10 + kill -9 + resume: identical losses and adapter bits;
 //   - elastic resume: a checkpoint written by 2 ranks continues at 1 and at 4 ranks (same global
 //     batch) and matches the uninterrupted run within 1e-5;
-//   - SIGUSR1 to one rank only: all ranks stop, exit 75 with a valid checkpoint, and the resumed
-//     run finishes identically;
+//   - SIGUSR1 to one rank only (then SIGTERM to all while they stop): all ranks stop, exit 75 with
+//     a valid checkpoint, and the resumed run finishes identically;
 //   - kill -9 at random moments while checkpointing every step: --resume auto always continues;
 //   - refusals (other rank, other base) and reported safe overrides; an unwritable checkpoint dir;
 //     a disk that fills up mid-run (exit 1, previous checkpoint intact).
@@ -151,6 +151,9 @@ TEST_F(Resume, SigUsr1ToOneRankStopsAllWithACheckpointAndExit75) {
   const std::string pid = run_command("pgrep -n -f -- '^" + testing::lora_bin() + ".*run.output_dir=" + stopped + "'").output;
   ASSERT_FALSE(pid.empty());
   ASSERT_EQ(::kill(std::stoi(pid), SIGUSR1), 0);
+  // More signals to every rank while they stop and rank 0 writes: nothing changes.
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  run_command("pkill -TERM -f -- '^" + testing::lora_bin() + ".*run.output_dir=" + stopped + "'");
   EXPECT_EQ(run.wait(), 75) << run.output();
   const auto scan = find_latest_checkpoint(stopped + "/checkpoints");
   ASSERT_TRUE(scan.latest_valid.has_value()) << run.output();

@@ -248,8 +248,8 @@ std::string sweep_run_name(int index, size_t n_points, const std::vector<SweepVa
   for (const SweepValue& v : values) {
     const std::string key = clash ? v.key : v.key.substr(v.key.find('.') + 1);
     name += '-';
-    name += sanitize(key);
-    name += sanitize(v.text);
+    name += sanitize(key + v.text);  // "rank4", "targets_attn.qkv_mlp.fc"
+
   }
   constexpr size_t kMaxName = 120;
   if (name.size() > kMaxName) name.resize(kMaxName);
@@ -277,6 +277,7 @@ Sweep load_sweep(const std::string& path, int ranks_per_run) {
   sweep.output_dir = "runs/" + fs::path(path).stem().string();
   sweep.ranks_per_run_where = path + " (ranks_per_run, default 1)";
   YAML::Node grid, list;
+  bool has_grid = false, has_list = false;
   std::string base_where;
   for (const auto& [key, value] : map_items(root, path, "sweep")) {
     const std::string k = key.Scalar();
@@ -311,11 +312,13 @@ Sweep load_sweep(const std::string& path, int ranks_per_run) {
                        ": grid: expected a mapping of config keys to lists of values, got ",
                        value.IsMap() ? std::string("an empty mapping") : describe(value));
       grid = value;
+      has_grid = true;
     } else if (k == "list") {
       LORA_INPUT_CHECK(value.IsSequence() && value.size() > 0, at,
                        ": list: expected a non-empty list of mappings of config keys, got ",
                        value.IsSequence() ? std::string("an empty list") : describe(value));
       list = value;
+      has_list = true;
     } else {
       throw InputError(where(path, key.Mark()) + ": unknown key '" + k + "' (expected one of: " +
                        kSweepKeys + ")");
@@ -333,18 +336,13 @@ Sweep load_sweep(const std::string& path, int ranks_per_run) {
   LORA_INPUT_CHECK(fs::is_regular_file(base, ec), base_where, ": base: config file '", sweep.base,
                    "' does not exist (relative paths are taken from the sweep file's directory)");
 
-  std::set<std::string> set_keys;
-  for (const SweepValue& v : sweep.set) set_keys.insert(v.key);
-
   // Grid axes: key -> values, in file order.
   std::vector<std::vector<SweepValue>> axes;
-  if (grid) {
+  if (has_grid) {
     for (const auto& [gk, gv] : map_items(grid, path, "grid")) {
       const std::string k = gk.Scalar();
       const std::string at = where(path, gv.IsNull() ? gk.Mark() : gv.Mark());
       check_not_reserved(k, YAML::Node(), where(path, gk.Mark()));
-      LORA_INPUT_CHECK(!set_keys.count(k), where(path, gk.Mark()), ": grid: ", k,
-                       " is also in set (a key goes in one place)");
       LORA_INPUT_CHECK(gv.IsSequence() && gv.size() > 0, at, ": grid: ", k,
                        ": expected a non-empty list of values, like [4, 8, 16], got ",
                        gv.IsSequence() ? std::string("an empty list") : describe(gv));
@@ -354,7 +352,7 @@ Sweep load_sweep(const std::string& path, int ranks_per_run) {
     }
   }
   std::vector<std::vector<SweepValue>> entries;
-  if (list) {
+  if (has_list) {
     for (const YAML::Node& entry : list) {
       LORA_INPUT_CHECK(entry.IsMap() && entry.size() > 0, where(path, entry.Mark()),
                        ": list: expected a non-empty mapping of config keys, like {lora.rank: 8}, got ",
@@ -363,8 +361,6 @@ Sweep load_sweep(const std::string& path, int ranks_per_run) {
       for (const auto& [lk, lv] : map_items(entry, path, "list")) {
         const std::string k = lk.Scalar();
         check_not_reserved(k, lv, where(path, lk.Mark()));
-        LORA_INPUT_CHECK(!set_keys.count(k), where(path, lk.Mark()), ": list: ", k,
-                         " is also in set (a key goes in one place)");
         for (const auto& axis : axes)
           LORA_INPUT_CHECK(axis[0].key != k, where(path, lk.Mark()), ": list: ", k,
                            " is also a grid key (a key goes in one place)");

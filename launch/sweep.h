@@ -13,7 +13,8 @@
 //     - {lora.rank: 8, lora.targets: [attn.qkv, mlp.fc]}
 // With both grid and list, every list entry is combined with every grid point (list entry outer,
 // grid inner), so `list` can couple keys (rank with alpha) while `grid` crosses them with others;
-// a key may not be in both. With neither, the sweep has one point: base + set.
+// a key may not be in both. A point's own values replace those of `set`. With neither grid nor
+// list, the sweep has one point: base + set.
 //
 // A point's config is load_config(base, overrides) with the overrides, in order: `set`, the
 // point's values, then run.name=<name>, run.output_dir=<output_dir>/<name>, checkpoint.dir=null

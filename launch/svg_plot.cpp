@@ -140,7 +140,9 @@ std::string render_line_plot(const PlotSpec& spec, const std::vector<PlotSeries>
     xa.lo = x_ticks.front();
     xa.hi = x_ticks.back();
   }
-  const std::vector<double> y_ticks = nice_ticks(y_min, y_max, 6);
+  // A little room above and below, so extreme points do not sit on the frame.
+  const double y_pad = 0.03 * (y_max - y_min);
+  const std::vector<double> y_ticks = nice_ticks(y_min - y_pad, y_max + y_pad, 6);
   ya.lo = y_ticks.front();
   ya.hi = y_ticks.back();
   xa.pix_lo = left;

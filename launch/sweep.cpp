@@ -2,12 +2,10 @@
 // points one after another -> done.json per run -> the report.
 #include "launch/sweep.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <charconv>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <ctime>
@@ -249,7 +247,6 @@ std::string sweep_run_name(int index, size_t n_points, const std::vector<SweepVa
     const std::string key = clash ? v.key : v.key.substr(v.key.find('.') + 1);
     name += '-';
     name += sanitize(key + v.text);  // "rank4", "targets_attn.qkv_mlp.fc"
-
   }
   constexpr size_t kMaxName = 120;
   if (name.size() > kMaxName) name.resize(kMaxName);
@@ -294,7 +291,7 @@ Sweep load_sweep(const std::string& path, int ranks_per_run) {
       sweep.output_dir = string_value();
     } else if (k == "ranks_per_run") {
       long n = 0;
-      const std::string& s = value.IsScalar() ? value.Scalar() : std::string();
+      const std::string s = value.IsScalar() ? value.Scalar() : std::string();
       const auto r = std::from_chars(s.data(), s.data() + s.size(), n);
       LORA_INPUT_CHECK(value.IsScalar() && value.Tag() != "!" && r.ec == std::errc() &&
                            r.ptr == s.data() + s.size() && n >= 1 && n <= 1 << 20,

@@ -20,6 +20,8 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "launch/commands.h"
+#include "launch/report.h"
+#include "launch/sweep.h"
 #include "launch/world.h"
 
 namespace lora {
@@ -38,6 +40,9 @@ commands:
   generate CONFIG.yaml --prompt TEXT [--adapter CKPT.h5] [--tokens N] [--temperature T]
                          continue a prompt (greedy, or sampled when T > 0)
   inspect CKPT.h5        what a checkpoint holds
+  sweep SWEEP.yaml [--ranks-per-run N] [--only I] [--list] [--emit-slurm FILE]
+                         many runs of one base config (a LoRA rank sweep) in one job
+  report DIR             tables and plots of a run or a sweep's runs
 
 Run `lora <command> --help` for a command's options.
 Launch data-parallel runs with `mpirun -np N lora train ...` or `srun lora train ...`.
@@ -96,6 +101,45 @@ LoRA settings, each adapter's shape and norm, the optimizer state and the config
 with.
 )";
 
+const char* kSweepHelp = R"(usage: lora sweep SWEEP.yaml [options]
+
+Trains every point of a sweep file: a base config, overrides for every run (set:), a grid of
+config values (cartesian product) and/or a list of explicit points. Example:
+
+  base: ../configs/demo-lora.yaml     # relative to the sweep file
+  output_dir: runs/sweep-rank         # run k goes to <output_dir>/<name k>
+  ranks_per_run: 1                    # data-parallel ranks per run
+  set: {train.steps: 100}
+  grid: {lora.rank: [4, 8, 16, 32, 64], lora.alpha: [16]}
+  list: [{lora.rank: 8, lora.targets: [attn.qkv, mlp.fc]}]   # crossed with the grid
+
+Every point's config is checked before anything trains. Under mpirun/srun the ranks split into
+groups of ranks_per_run; group g trains points g, g+G, g+2G, ... one after another. A run that
+finished (its done.json) is skipped when the sweep runs again; an unfinished one resumes from its
+newest checkpoint. When all runs have finished, the report (see lora report) goes to output_dir.
+
+options:
+  --ranks-per-run N      ranks per run (replaces the file's ranks_per_run)
+  --only I               train only point I, on all ranks of the job (one Slurm array task)
+  --list                 print "I<TAB>run dir<TAB>key=value ..." per point and exit
+  --emit-slurm FILE      write an sbatch job-array script for this sweep (one task per point,
+                         requeued after preemption) and exit
+  --max-parallel K       with --emit-slurm: at most K array tasks at once (default: all)
+  -h, --help             this text
+
+Signals: SIGTERM or SIGUSR1 stop the current runs after a checkpoint and exit 75 (Ctrl-C: 130).
+)";
+
+const char* kReportHelp = R"(usage: lora report DIR
+
+DIR is a sweep's output directory (runs in subdirectories) or one run's directory (config.yaml
+and metrics.jsonl). Writes DIR/report.csv and DIR/report.md (one row per run: the config keys
+that differ between runs, trainable parameters, gradient and communicated bytes per step,
+tokens/s, final train and val loss, best val loss and its step), DIR/val_loss.svg (val loss
+against step, one line per run) and DIR/rank_vs_loss.svg (final val loss against lora.rank),
+and prints the table.
+)";
+
 std::atomic<int> g_stop_signal{0};
 
 extern "C" void on_stop_signal(int sig) {
@@ -126,6 +170,11 @@ struct Args {
   float temperature = 0.0f;
   uint64_t seed = 0;
   bool log_all_ranks = false;
+  int ranks_per_run = 0;
+  long only = -1;
+  bool list = false;
+  std::string emit_slurm;
+  int max_parallel = 0;
   bool help = false;
 };
 
@@ -182,6 +231,22 @@ Args parse_args(int argc, char** argv) {
     else if (is("--temperature")) a.temperature = parse_float("--temperature", value("--temperature"));
     else if (is("--seed")) a.seed = static_cast<uint64_t>(parse_long("--seed", value("--seed")));
     else if (s == "--log-all-ranks") a.log_all_ranks = true;
+    else if (is("--ranks-per-run")) {
+      const long n = parse_long("--ranks-per-run", value("--ranks-per-run"));
+      if (n < 1) throw InputError("--ranks-per-run: expected an integer >= 1, got " + std::to_string(n));
+      a.ranks_per_run = static_cast<int>(n);
+    }
+    else if (is("--only")) {
+      a.only = parse_long("--only", value("--only"));
+      if (a.only < 0) throw InputError("--only: expected a point index >= 0, got " + std::to_string(a.only));
+    }
+    else if (s == "--list") a.list = true;
+    else if (is("--emit-slurm")) a.emit_slurm = value("--emit-slurm");
+    else if (is("--max-parallel")) {
+      const long n = parse_long("--max-parallel", value("--max-parallel"));
+      if (n < 1) throw InputError("--max-parallel: expected an integer >= 1, got " + std::to_string(n));
+      a.max_parallel = static_cast<int>(n);
+    }
     else if (!s.empty() && s[0] == '-') throw InputError("unknown option '" + s + "' for `lora " + a.command + "` (see lora " + a.command + " --help)");
     else if (a.config.empty()) a.config = s;
     else throw InputError("unexpected argument '" + s + "' (one config/checkpoint file expected)");
@@ -194,6 +259,8 @@ const char* help_for(const std::string& command) {
   if (command == "eval") return kEvalHelp;
   if (command == "generate") return kGenerateHelp;
   if (command == "inspect") return kInspectHelp;
+  if (command == "sweep") return kSweepHelp;
+  if (command == "report") return kReportHelp;
   return kMainHelp;
 }
 
@@ -212,17 +279,28 @@ int cli_main(int argc, char** argv) {
     return 0;
   }
   if (args.command != "train" && args.command != "eval" && args.command != "generate" &&
-      args.command != "inspect") {
+      args.command != "inspect" && args.command != "sweep" && args.command != "report") {
     std::fprintf(stderr, "lora: error: unknown command '%s'\n\n%s", args.command.c_str(), kMainHelp);
     return 2;
   }
   if (args.config.empty()) {
-    std::fprintf(stderr, "lora: error: `lora %s` needs a %s file\n\n%s", args.command.c_str(),
-                 args.command == "inspect" ? "checkpoint" : "config", help_for(args.command));
+    const char* what = args.command == "inspect" ? "a checkpoint file"
+                       : args.command == "sweep" ? "a sweep file"
+                       : args.command == "report" ? "a run or sweep directory"
+                       : "a config file";
+    std::fprintf(stderr, "lora: error: `lora %s` needs %s\n\n%s", args.command.c_str(), what,
+                 help_for(args.command));
     return 2;
   }
-  if (args.command == "inspect") {
+  SweepArgs sa{args.config, args.ranks_per_run, args.only, args.list, args.emit_slurm,
+                args.max_parallel, &g_stop_signal};
+  // Single-process commands: no MPI world needed.
+  const bool single = args.command == "inspect" || args.command == "report" ||
+                      (args.command == "sweep" && (args.list || !args.emit_slurm.empty()));
+  if (single) {
     try {
+      if (args.command == "report") return run_report(args.config);
+      if (args.command == "sweep") return args.list ? run_sweep_list(sa) : run_sweep_emit_slurm(sa);
       return run_inspect(args.config);
     } catch (const InputError& e) {
       std::fprintf(stderr, "lora: error: %s\n", e.what());
@@ -252,6 +330,10 @@ int cli_main(int argc, char** argv) {
       install_signal_handlers();
       TrainArgs ta{args.config, args.overrides, args.resume, args.log_all_ranks, &g_stop_signal};
       return run_train(*world, ta);
+    }
+    if (args.command == "sweep") {
+      install_signal_handlers();
+      return run_sweep(*world, sa);
     }
     if (args.command == "eval") return run_eval(*world, args.config, args.overrides, args.adapter);
     if (!args.has_prompt) throw InputError("lora generate: --prompt TEXT is required");

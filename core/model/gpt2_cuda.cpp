@@ -8,8 +8,8 @@
 //   x2  = x1 + q
 // then ln_f, the tied LM head and the fused softmax cross-entropy. Backward keeps one
 // residual-stream gradient buffer that every branch accumulates into.
-// Shapes (BT = n_batch * n_seq, C = d_model, V = vocab, NH = n_head, r = LoRA rank) are those of the
-// CPU model: per block ln_1/ln_2 outputs [BT, C] with mean/rstd [BT], qkv [BT, 3C], attention
+// Shapes (BT = n_batch * n_seq, C = d_model, V = vocab, NH = n_head, r = LoRA rank) are those of
+// the CPU model: per block ln_1/ln_2 outputs [BT, C] with mean/rstd [BT], qkv [BT, 3C], attention
 // output [BT, C] and probabilities [B, NH, T, T], fc and gelu outputs [BT, 4C], residuals [BT, C];
 // per adapter h [BT, r] and, with dropout, the dropped-out input [BT, d_in]; logits [BT, V].
 // Everything is enqueued on the compute stream. Host staging buffers (tokens, targets, dropout row
@@ -169,7 +169,9 @@ Gpt2CudaModel::Gpt2CudaModel(const ModelShape& shape, TrainMode mode,
   }
   // Parameters start at zero, as the CPU model's; the fills are ordered on the compute stream.
   LORA_CUDA_CHECK(cudaMemsetAsync(base_.data(), 0, base_.size_bytes(), stream_));
-  if (lora_.size() > 0) LORA_CUDA_CHECK(cudaMemsetAsync(lora_.data(), 0, lora_.size_bytes(), stream_));
+  if (lora_.size() > 0) {
+    LORA_CUDA_CHECK(cudaMemsetAsync(lora_.data(), 0, lora_.size_bytes(), stream_));
+  }
   zero_grads();
   // One event per hand-off range: every block, plus ln_f and the embeddings in full mode.
   const int n_events = shape.n_layer + (mode == TrainMode::kFull ? 2 : 0);
@@ -349,8 +351,8 @@ float Gpt2CudaModel::forward(const int32_t* tokens, const int32_t* targets, int 
   a.opts.seq_ids = nullptr;
   for (int b = 0; b < B; ++b) {
     const uint64_t seq = opts.seq_ids ? opts.seq_ids[b] : static_cast<uint64_t>(b);
-    for (int t = 0; t < T; ++t)
-      a.row_ids_host.data()[static_cast<size_t>(b) * T + t] = (seq << 20) | static_cast<uint64_t>(t);
+    uint64_t* row = a.row_ids_host.data() + static_cast<size_t>(b) * T;
+    for (int t = 0; t < T; ++t) row[t] = (seq << 20) | static_cast<uint64_t>(t);
   }
   a.dropout_seed = hash_u64(opts.dropout_seed, opts.step, 0x64726f70ull);
   LORA_CUDA_CHECK(cudaMemcpyAsync(a.tokens.data(), a.tokens_host.data(), a.tokens.size_bytes(),

@@ -1,9 +1,9 @@
 // The GPT-2 + LoRA model on the GPU against the CPU reference model (core/model/gpt2.h): the same
 // base and adapters uploaded to both give the same loss (1e-4 relative), logits (1e-4 abs + rel)
 // and trainable gradients (1e-3 relative, with an absolute floor of 1e-4 of the tensor's largest
-// gradient for entries that cancel to almost nothing), in lora mode (all four targets, rsLoRA, dropout on
-// with the same masks) and in full mode (every parameter tensor). fp32 on both sides; only the
-// summation order (cuBLAS, atomics) and the CPU's vectorised exp/tanh differ.
+// gradient for entries that cancel to almost nothing), in lora mode (all four targets, rsLoRA,
+// dropout on with the same masks) and in full mode (every parameter tensor). fp32 on both sides;
+// only the summation order (cuBLAS, atomics) and the CPU's vectorised exp/tanh differ.
 // Also: B = 0 gives the base logits; the gradient hand-off ranges are descending, contiguous, cover
 // the buffer, and are final when their event fires (a second stream copies each range after
 // waiting on the event, and the copy equals the final gradients); 50 AdamW steps on the device
@@ -78,7 +78,8 @@ class Stream {
 
 std::vector<float> download(const float* device, size_t n, cudaStream_t stream) {
   std::vector<float> host(n);
-  LORA_CUDA_CHECK(cudaMemcpyAsync(host.data(), device, n * sizeof(float), cudaMemcpyDeviceToHost, stream));
+  LORA_CUDA_CHECK(cudaMemcpyAsync(host.data(), device, n * sizeof(float), cudaMemcpyDeviceToHost,
+                                  stream));
   LORA_CUDA_CHECK(cudaStreamSynchronize(stream));
   return host;
 }
@@ -173,7 +174,7 @@ TEST(Gpt2Cuda, LoraModeMatchesTheCpuModel) {
   // masks are the CPU's.
   double dropout_effect = 0.0;
   for (size_t i = 0; i < n_logits; ++i) {
-    dropout_effect = std::max(dropout_effect, static_cast<double>(std::fabs(gpu_logits[i] - eval_logits[i])));
+    dropout_effect = std::max(dropout_effect, std::fabs(double(gpu_logits[i]) - eval_logits[i]));
   }
   EXPECT_GT(dropout_effect, 1e-2);
 
@@ -198,8 +199,10 @@ TEST(Gpt2Cuda, FullModeMatchesTheCpuModelForEveryParameter) {
   Stream stream;
   Gpt2Model cpu(kShape, TrainMode::kFull, std::nullopt);
   cpu.init_base_random(3);
-  // LayerNorm weights 1 and biases 0 are special points; perturb everything so each tensor is generic.
-  for (size_t i = 0; i < cpu.n_base_params(); ++i) cpu.base_params()[i] += 0.05f * normal01(21, 0, i);
+  // LayerNorm weights 1 and biases 0 are special points; perturb all so each tensor is generic.
+  for (size_t i = 0; i < cpu.n_base_params(); ++i) {
+    cpu.base_params()[i] += 0.05f * normal01(21, 0, i);
+  }
   Gpt2CudaModel gpu(kShape, TrainMode::kFull, std::nullopt, stream.get());
   EXPECT_EQ(gpu.n_lora_params(), 0u);
   EXPECT_EQ(gpu.lora_layout(), nullptr);
@@ -267,7 +270,7 @@ TEST(Gpt2Cuda, ZeroBGivesTheBaseLogits) {
   const std::vector<float> perturbed_logits = logits_of(perturbed, kB, kT);
   double max_diff = 0.0;
   for (size_t i = 0; i < n_logits; ++i) {
-    max_diff = std::max(max_diff, static_cast<double>(std::fabs(perturbed_logits[i] - base_logits[i])));
+    max_diff = std::max(max_diff, std::fabs(double(perturbed_logits[i]) - base_logits[i]));
   }
   EXPECT_GT(max_diff, 1e-3);
 }
@@ -361,7 +364,8 @@ TEST(Gpt2Cuda, FiftyAdamWStepsTrackTheCpuLossCurve) {
   std::vector<float> cpu_losses, gpu_losses;
   for (int step = 1; step <= 50; ++step) {
     const Batch b = make_batch(1000 + step, kB, kT, /*learnable=*/true);
-    const ForwardOptions fo{.training = true, .dropout_seed = 11, .step = static_cast<uint64_t>(step)};
+    const ForwardOptions fo{
+        .training = true, .dropout_seed = 11, .step = static_cast<uint64_t>(step)};
     cpu->zero_grads();
     cpu_losses.push_back(cpu->forward(b.tokens.data(), b.targets.data(), kB, kT, fo));
     cpu->backward();
@@ -431,7 +435,8 @@ TEST(Gpt2Cuda, UploadsRoundTripShapesChangeAndBadInputThrows) {
   EXPECT_EQ(std::memcmp(adapters.data(), cpu->lora_params(), adapters.size() * sizeof(float)), 0);
 
   // Activations are reallocated when (n_batch, n_seq) changes; results stay those of the CPU.
-  for (auto [n_batch, n_seq] : {std::pair{2, 8}, std::pair{1, 5}, std::pair{3, 12}, std::pair{2, 8}}) {
+  const std::pair<int, int> shapes[] = {{2, 8}, {1, 5}, {3, 12}, {2, 8}};
+  for (auto [n_batch, n_seq] : shapes) {
     const Batch b = make_batch(40 + n_seq, n_batch, n_seq);
     const float want = cpu->forward(b.tokens.data(), b.targets.data(), n_batch, n_seq);
     const float got = gpu->forward(b.tokens.data(), b.targets.data(), n_batch, n_seq);

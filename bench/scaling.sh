@@ -11,7 +11,8 @@
 # Prints a markdown summary (bench/summarize.py) with the date, CPU, commands and numbers.
 #
 # Usage: bench/scaling.sh [BUILD_DIR]       (default: build/; needs lora and bench/bucket_count)
-# Environment: STEPS (30), LOG_EVERY (5), REPEATS (3), KEEP=1 keeps the temp dir.
+# Environment: STEPS (30), LOG_EVERY (5), REPEATS (3: weak-scaling pairs and overlap runs),
+# KEEP=1 keeps the temp dir. About 3 to 4 minutes on an idle 2-core machine.
 # With two ranks on one machine the all-reduce goes through shared memory, not a network.
 set -euo pipefail
 
@@ -72,14 +73,22 @@ run() {
   local cmd=("${mpi[@]}" --bind-to "$bind" -np "$np" "$lora" train "$work/config.yaml"
              --set "run.output_dir=$dir" --set "train.mode=$mode" --set "comm.overlap=$overlap"
              --set "comm.bucket_mb=$bucket_mb" --set "train.steps=$n_steps" --resume none)
-  local t0 t1
-  t0=$(date +%s.%N)
-  if ! "${cmd[@]}" > "$work/$label.log" 2>&1; then
-    echo "scaling.sh: run $label failed:" >&2
+  local t0 t1 rc attempt
+  for attempt in 1 2; do
+    rm -rf "$dir"
+    t0=$(date +%s.%N)
+    rc=0
+    "${cmd[@]}" > "$work/$label.log" 2>&1 || rc=$?
+    t1=$(date +%s.%N)
+    # 75: stopped by SIGTERM/SIGUSR1 from outside after a checkpoint; the run is incomplete, redo it.
+    [[ $rc == 75 && $attempt == 1 ]] || break
+    echo "scaling.sh: run $label was stopped by a signal from outside (exit 75); running it again" >&2
+  done
+  if [[ $rc != 0 ]]; then
+    echo "scaling.sh: run $label failed (exit $rc):" >&2
     tail -20 "$work/$label.log" >&2
     exit 1
   fi
-  t1=$(date +%s.%N)
   python3 - "$manifest" "$group" "$label" "$np" "$bind" "$mode" "$overlap" "$bucket_mb" "$dir" \
     "$t0" "$t1" "${cmd[*]}" <<'EOF'
 import json, sys

@@ -14,15 +14,7 @@ namespace lora::ops {
 
 void adamw_update_cpu(float* params, const float* grads, float* m, float* v, size_t n,
                       const AdamWParams& hp, long step) {
-  LORA_CHECK(params != nullptr && grads != nullptr && m != nullptr && v != nullptr,
-             "params, grads, m, v must not be null");
-  LORA_CHECK(n > 0, "n must be positive");
-  LORA_CHECK(step >= 1, "step counts from 1, got ", step);
-  LORA_CHECK(std::isfinite(hp.lr) && hp.lr >= 0.0f, "lr must be finite and >= 0, got ", hp.lr);
-  LORA_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f, "beta1 must be in [0, 1), got ", hp.beta1);
-  LORA_CHECK(hp.beta2 >= 0.0f && hp.beta2 < 1.0f, "beta2 must be in [0, 1), got ", hp.beta2);
-  LORA_CHECK(hp.eps > 0.0f, "eps must be positive, got ", hp.eps);
-  LORA_CHECK(hp.weight_decay >= 0.0f, "weight_decay must be >= 0, got ", hp.weight_decay);
+  detail::check_adamw_update_args(params, grads, m, v, n, hp, step);
   const float b1 = hp.beta1, b2 = hp.beta2;
   const float bc1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(b1), step)));
   const float bc2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(b2), step)));

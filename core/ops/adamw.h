@@ -7,8 +7,10 @@
 // Shapes: params, grads, m, v [n].
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 
+#include "core/error.h"
 #include "core/ops/stream.h"
 
 namespace lora::ops {
@@ -33,5 +35,23 @@ void adamw_update_cuda(float* params, const float* grads, float* m, float* v, si
 void sum_squares_cuda(double* out_device, const float* x, size_t n, cudaStream_t stream);
 void scale_cuda(float* x, float factor, size_t n, cudaStream_t stream);
 #endif
+
+// Argument checks shared by the CPU and CUDA entry points.
+namespace detail {
+
+inline void check_adamw_update_args(const float* params, const float* grads, const float* m,
+                                    const float* v, size_t n, const AdamWParams& hp, long step) {
+  LORA_CHECK(params != nullptr && grads != nullptr && m != nullptr && v != nullptr,
+             "params, grads, m, v must not be null");
+  LORA_CHECK(n > 0, "n must be positive");
+  LORA_CHECK(step >= 1, "step counts from 1, got ", step);
+  LORA_CHECK(std::isfinite(hp.lr) && hp.lr >= 0.0f, "lr must be finite and >= 0, got ", hp.lr);
+  LORA_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f, "beta1 must be in [0, 1), got ", hp.beta1);
+  LORA_CHECK(hp.beta2 >= 0.0f && hp.beta2 < 1.0f, "beta2 must be in [0, 1), got ", hp.beta2);
+  LORA_CHECK(hp.eps > 0.0f, "eps must be positive, got ", hp.eps);
+  LORA_CHECK(hp.weight_decay >= 0.0f, "weight_decay must be >= 0, got ", hp.weight_decay);
+}
+
+}  // namespace detail
 
 }  // namespace lora::ops

@@ -7,24 +7,11 @@
 
 #include <cblas.h>
 
-#include <cmath>
-
-#include "core/error.h"
-
 namespace lora::ops {
-namespace {
-void check_sizes(float scaling, int n, int d_in, int rank, int d_out) {
-  LORA_CHECK(n > 0 && d_in > 0 && rank > 0 && d_out > 0, "sizes must be positive: n=", n,
-             " d_in=", d_in, " rank=", rank, " d_out=", d_out);
-  LORA_CHECK(std::isfinite(scaling), "scaling must be finite, got ", scaling);
-}
-}  // namespace
 
 void lora_forward_cpu(float* y, float* h, const float* x, const float* a, const float* b,
                       float scaling, int n, int d_in, int rank, int d_out) {
-  LORA_CHECK(y != nullptr && h != nullptr && x != nullptr && a != nullptr && b != nullptr,
-             "y, h, x, a, b must not be null");
-  check_sizes(scaling, n, d_in, rank, d_out);
+  detail::check_lora_forward_args(y, h, x, a, b, scaling, n, d_in, rank, d_out);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, rank, d_in, 1.0f, x, d_in, a, rank,
               0.0f, h, rank);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d_out, rank, scaling, h, rank, b, d_out,
@@ -34,18 +21,14 @@ void lora_forward_cpu(float* y, float* h, const float* x, const float* a, const 
 void lora_backward_cpu(float* dx, float* da, float* db, float* dh, const float* dy, const float* x,
                        const float* h, const float* a, const float* b, float scaling, int n,
                        int d_in, int rank, int d_out) {
-  LORA_CHECK(dh != nullptr && dy != nullptr && a != nullptr && b != nullptr,
-             "dh, dy, a, b must not be null");
-  check_sizes(scaling, n, d_in, rank, d_out);
+  detail::check_lora_backward_args(da, db, dh, dy, x, h, a, b, scaling, n, d_in, rank, d_out);
   if (db != nullptr) {
-    LORA_CHECK(h != nullptr, "h must not be null when db is wanted");
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rank, d_out, n, scaling, h, rank, dy,
                 d_out, 1.0f, db, d_out);
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rank, d_out, scaling, dy, d_out, b, d_out,
               0.0f, dh, rank);
   if (da != nullptr) {
-    LORA_CHECK(x != nullptr, "x must not be null when da is wanted");
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d_in, rank, n, 1.0f, x, d_in, dh, rank,
                 1.0f, da, rank);
   }

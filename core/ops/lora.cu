@@ -7,26 +7,13 @@
 // dA, dB or dx are not computed.
 #include "core/ops/lora.h"
 
-#include <cmath>
-
 #include "core/cuda_runtime.h"
 
 namespace lora::ops {
-namespace {
-
-void check_sizes(float scaling, int n, int d_in, int rank, int d_out) {
-  LORA_CHECK(n > 0 && d_in > 0 && rank > 0 && d_out > 0, "sizes must be positive: n=", n,
-             " d_in=", d_in, " rank=", rank, " d_out=", d_out);
-  LORA_CHECK(std::isfinite(scaling), "scaling must be finite, got ", scaling);
-}
-
-}  // namespace
 
 void lora_forward_cuda(float* y, float* h, const float* x, const float* a, const float* b,
                        float scaling, int n, int d_in, int rank, int d_out, cudaStream_t stream) {
-  LORA_CHECK(y != nullptr && h != nullptr && x != nullptr && a != nullptr && b != nullptr,
-             "y, h, x, a, b must not be null");
-  check_sizes(scaling, n, d_in, rank, d_out);
+  detail::check_lora_forward_args(y, h, x, a, b, scaling, n, d_in, rank, d_out);
   // h[n, r] = x[n, d_in] A[d_in, r]
   cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_N, n, rank, d_in, 1.0f, x, d_in, a, rank,
                         0.0f, h, rank);
@@ -38,11 +25,8 @@ void lora_forward_cuda(float* y, float* h, const float* x, const float* a, const
 void lora_backward_cuda(float* dx, float* da, float* db, float* dh, const float* dy, const float* x,
                         const float* h, const float* a, const float* b, float scaling, int n,
                         int d_in, int rank, int d_out, cudaStream_t stream) {
-  LORA_CHECK(dh != nullptr && dy != nullptr && a != nullptr && b != nullptr,
-             "dh, dy, a, b must not be null");
-  check_sizes(scaling, n, d_in, rank, d_out);
+  detail::check_lora_backward_args(da, db, dh, dy, x, h, a, b, scaling, n, d_in, rank, d_out);
   if (db != nullptr) {
-    LORA_CHECK(h != nullptr, "h must not be null when db is wanted");
     // dB[r, d_out] += s * h[n, r]^T g[n, d_out]
     cuda::sgemm_row_major(stream, CUBLAS_OP_T, CUBLAS_OP_N, rank, d_out, n, scaling, h, rank, dy,
                           d_out, 1.0f, db, d_out);
@@ -51,7 +35,6 @@ void lora_backward_cuda(float* dx, float* da, float* db, float* dh, const float*
   cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_T, n, rank, d_out, scaling, dy, d_out, b,
                         d_out, 0.0f, dh, rank);
   if (da != nullptr) {
-    LORA_CHECK(x != nullptr, "x must not be null when da is wanted");
     // dA[d_in, r] += x[n, d_in]^T dh[n, r]
     cuda::sgemm_row_major(stream, CUBLAS_OP_T, CUBLAS_OP_N, d_in, rank, n, 1.0f, x, d_in, dh, rank,
                           1.0f, da, rank);

@@ -11,6 +11,9 @@
 // With B = 0: dh = 0, so dA = 0 while dB = s h^T g != 0 (B moves first).
 #pragma once
 
+#include <cmath>
+
+#include "core/error.h"
 #include "core/ops/stream.h"
 
 namespace lora::ops {
@@ -28,5 +31,36 @@ void lora_backward_cuda(float* dx, float* da, float* db, float* dh, const float*
                         const float* h, const float* a, const float* b, float scaling, int n,
                         int d_in, int rank, int d_out, cudaStream_t stream);
 #endif
+
+// Argument checks shared by the CPU and CUDA entry points.
+namespace detail {
+
+inline void check_lora_sizes(float scaling, int n, int d_in, int rank, int d_out) {
+  LORA_CHECK(n > 0 && d_in > 0 && rank > 0 && d_out > 0, "sizes must be positive: n=", n,
+             " d_in=", d_in, " rank=", rank, " d_out=", d_out);
+  LORA_CHECK(std::isfinite(scaling), "scaling must be finite, got ", scaling);
+}
+
+inline void check_lora_forward_args(const float* y, const float* h, const float* x,
+                                    const float* a, const float* b, float scaling, int n,
+                                    int d_in, int rank, int d_out) {
+  LORA_CHECK(y != nullptr && h != nullptr && x != nullptr && a != nullptr && b != nullptr,
+             "y, h, x, a, b must not be null");
+  check_lora_sizes(scaling, n, d_in, rank, d_out);
+}
+
+// dx, da, db may be null (not computed); h is needed for db and x for da.
+inline void check_lora_backward_args(const float* da, const float* db, const float* dh,
+                                     const float* dy, const float* x, const float* h,
+                                     const float* a, const float* b, float scaling, int n,
+                                     int d_in, int rank, int d_out) {
+  LORA_CHECK(dh != nullptr && dy != nullptr && a != nullptr && b != nullptr,
+             "dh, dy, a, b must not be null");
+  check_lora_sizes(scaling, n, d_in, rank, d_out);
+  if (db != nullptr) LORA_CHECK(h != nullptr, "h must not be null when db is wanted");
+  if (da != nullptr) LORA_CHECK(x != nullptr, "x must not be null when da is wanted");
+}
+
+}  // namespace detail
 
 }  // namespace lora::ops

@@ -18,21 +18,12 @@
 #include <cstddef>
 #include <vector>
 
-#include "core/error.h"
 #include "core/ops/vec_math.h"
 
 namespace lora::ops {
 namespace {
 
 constexpr int kBlock = 64;  // queries per block
-
-void check_args(int n_batch, int n_seq, int d_model, int n_head) {
-  LORA_CHECK(n_batch > 0 && n_seq > 0 && d_model > 0 && n_head > 0,
-             "sizes must be positive: n_batch=", n_batch, " n_seq=", n_seq, " d_model=", d_model,
-             " n_head=", n_head);
-  LORA_CHECK(d_model % n_head == 0, "d_model (", d_model, ") must be a multiple of n_head (",
-             n_head, ")");
-}
 
 // Keys visible to the query block starting at row r0: [0, min(T, r0 + kBlock)).
 inline int keys_for_block(int r0, int T) { return std::min(T, r0 + kBlock); }
@@ -41,8 +32,7 @@ inline int keys_for_block(int r0, int T) { return std::min(T, r0 + kBlock); }
 
 void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch, int n_seq,
                            int d_model, int n_head) {
-  LORA_CHECK(out != nullptr && att != nullptr && qkv != nullptr, "out, att, qkv must not be null");
-  check_args(n_batch, n_seq, d_model, n_head);
+  detail::check_attention_forward_args(out, att, qkv, n_batch, n_seq, d_model, n_head);
   const int T = n_seq, C = d_model, hs = d_model / n_head;
   const int ld = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
@@ -89,9 +79,7 @@ void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch
 
 void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, const float* att,
                             int n_batch, int n_seq, int d_model, int n_head) {
-  LORA_CHECK(dqkv != nullptr && dout != nullptr && qkv != nullptr && att != nullptr,
-             "dqkv, dout, qkv, att must not be null");
-  check_args(n_batch, n_seq, d_model, n_head);
+  detail::check_attention_backward_args(dqkv, dout, qkv, att, n_batch, n_seq, d_model, n_head);
   const int T = n_seq, C = d_model, hs = d_model / n_head;
   const int ld = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));

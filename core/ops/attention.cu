@@ -56,11 +56,9 @@ size_t key_row_shared_bytes(int hs) {
   return (1 + 2 * static_cast<size_t>(kWarps)) * hs * sizeof(float);
 }
 
-void check_args(int n_batch, int n_seq, int d_model, int n_head) {
-  LORA_CHECK(n_batch > 0 && n_seq > 0 && d_model > 0 && n_head > 0,
-             "sizes must be positive: n_batch=", n_batch, " n_seq=", n_seq, " d_model=", d_model,
-             " n_head=", n_head);
-  LORA_CHECK(d_model % n_head == 0, "d_model ", d_model, " is not a multiple of n_head ", n_head);
+// The GPU's own limits, checked after the shared size checks (sizes positive, d_model a
+// multiple of n_head).
+void check_launch_limits(int n_batch, int n_seq, int d_model, int n_head) {
   LORA_CHECK(static_cast<long long>(n_batch) * n_head * n_seq <= 0x7fffffffLL,
              "n_batch * n_head * n_seq too large for one grid: ", n_batch, " * ", n_head, " * ",
              n_seq);
@@ -230,8 +228,8 @@ static __global__ void attention_backward_key_kernel(float* dqkv, const float* d
 
 void attention_forward_cuda(float* out, float* att, const float* qkv, int n_batch, int n_seq,
                             int d_model, int n_head, cudaStream_t stream) {
-  LORA_CHECK(out != nullptr && att != nullptr && qkv != nullptr, "out, att, qkv must not be null");
-  check_args(n_batch, n_seq, d_model, n_head);
+  detail::check_attention_forward_args(out, att, qkv, n_batch, n_seq, d_model, n_head);
+  check_launch_limits(n_batch, n_seq, d_model, n_head);
   const Dims dims{n_seq, d_model, n_head, d_model / n_head};
   const unsigned int blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;
   attention_forward_kernel<<<blocks, kThreads, query_row_shared_bytes(n_seq, dims.hs), stream>>>(
@@ -241,9 +239,8 @@ void attention_forward_cuda(float* out, float* att, const float* qkv, int n_batc
 
 void attention_backward_cuda(float* dqkv, const float* dout, const float* qkv, const float* att,
                              int n_batch, int n_seq, int d_model, int n_head, cudaStream_t stream) {
-  LORA_CHECK(dqkv != nullptr && dout != nullptr && qkv != nullptr && att != nullptr,
-             "dqkv, dout, qkv, att must not be null");
-  check_args(n_batch, n_seq, d_model, n_head);
+  detail::check_attention_backward_args(dqkv, dout, qkv, att, n_batch, n_seq, d_model, n_head);
+  check_launch_limits(n_batch, n_seq, d_model, n_head);
   const Dims dims{n_seq, d_model, n_head, d_model / n_head};
   const unsigned int blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;
   float* d_sums = nullptr;

@@ -8,6 +8,7 @@
 // Backward accumulates (+=) into dqkv [n_batch, n_seq, 3 * d_model].
 #pragma once
 
+#include "core/error.h"
 #include "core/ops/stream.h"
 
 namespace lora::ops {
@@ -23,5 +24,32 @@ void attention_forward_cuda(float* out, float* att, const float* qkv, int n_batc
 void attention_backward_cuda(float* dqkv, const float* dout, const float* qkv, const float* att,
                              int n_batch, int n_seq, int d_model, int n_head, cudaStream_t stream);
 #endif
+
+// Argument checks shared by the CPU and CUDA entry points.
+namespace detail {
+
+inline void check_attention_sizes(int n_batch, int n_seq, int d_model, int n_head) {
+  LORA_CHECK(n_batch > 0 && n_seq > 0 && d_model > 0 && n_head > 0,
+             "sizes must be positive: n_batch=", n_batch, " n_seq=", n_seq, " d_model=", d_model,
+             " n_head=", n_head);
+  LORA_CHECK(d_model % n_head == 0, "d_model (", d_model, ") must be a multiple of n_head (",
+             n_head, ")");
+}
+
+inline void check_attention_forward_args(const float* out, const float* att, const float* qkv,
+                                         int n_batch, int n_seq, int d_model, int n_head) {
+  LORA_CHECK(out != nullptr && att != nullptr && qkv != nullptr, "out, att, qkv must not be null");
+  check_attention_sizes(n_batch, n_seq, d_model, n_head);
+}
+
+inline void check_attention_backward_args(const float* dqkv, const float* dout, const float* qkv,
+                                          const float* att, int n_batch, int n_seq, int d_model,
+                                          int n_head) {
+  LORA_CHECK(dqkv != nullptr && dout != nullptr && qkv != nullptr && att != nullptr,
+             "dqkv, dout, qkv, att must not be null");
+  check_attention_sizes(n_batch, n_seq, d_model, n_head);
+}
+
+}  // namespace detail
 
 }  // namespace lora::ops

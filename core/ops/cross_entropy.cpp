@@ -15,9 +15,8 @@
 namespace lora::ops {
 namespace {
 
-void check_args(const float* logits, const int32_t* targets, int n, int vocab) {
-  LORA_CHECK(logits != nullptr && targets != nullptr, "logits and targets must not be null");
-  LORA_CHECK(n > 0 && vocab > 0, "sizes must be positive: n=", n, " vocab=", vocab);
+// Targets are host memory here, so every one is range-checked.
+void check_targets(const int32_t* targets, int n, int vocab) {
   for (int i = 0; i < n; ++i) {
     LORA_CHECK(targets[i] >= 0 && targets[i] < vocab, "target ", targets[i], " of row ", i,
                " is outside [0, ", vocab, ")");
@@ -42,8 +41,8 @@ double row_sum_exp(const float* row, float m, int vocab) {
 
 void cross_entropy_forward_cpu(float* losses, const float* logits, const int32_t* targets, int n,
                                int vocab) {
-  LORA_CHECK(losses != nullptr, "losses must not be null");
-  check_args(logits, targets, n, vocab);
+  detail::check_cross_entropy_forward_args(losses, logits, targets, n, vocab);
+  check_targets(targets, n, vocab);
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) * vocab > 32768)
   for (int i = 0; i < n; ++i) {
     const float* row = logits + static_cast<size_t>(i) * vocab;
@@ -56,9 +55,8 @@ void cross_entropy_forward_cpu(float* losses, const float* logits, const int32_t
 
 void cross_entropy_backward_cpu(float* dlogits, const float* logits, const int32_t* targets,
                                 float dloss, int n, int vocab) {
-  LORA_CHECK(dlogits != nullptr, "dlogits must not be null");
-  check_args(logits, targets, n, vocab);
-  LORA_CHECK(std::isfinite(dloss), "dloss must be finite, got ", dloss);
+  detail::check_cross_entropy_backward_args(dlogits, logits, targets, dloss, n, vocab);
+  check_targets(targets, n, vocab);
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) * vocab > 32768)
   for (int i = 0; i < n; ++i) {
     const float* row = logits + static_cast<size_t>(i) * vocab;

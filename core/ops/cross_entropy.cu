@@ -22,11 +22,6 @@ using cuda_detail::block_sum;
 
 constexpr int kThreads = 512;
 
-void check_sizes(const float* logits, const int32_t* targets, int n, int vocab) {
-  LORA_CHECK(logits != nullptr && targets != nullptr, "logits and targets must not be null");
-  LORA_CHECK(n > 0 && vocab > 0, "sizes must be positive: n=", n, " vocab=", vocab);
-}
-
 // Row max and sum of exp(logit - max), returned to every thread of the block.
 __device__ void row_stats(const float* row, int vocab, float* scratch, float* out_max,
                           float* out_sum) {
@@ -80,17 +75,14 @@ static __global__ void cross_entropy_backward_kernel(float* dlogits, const float
 
 void cross_entropy_forward_cuda(float* losses, const float* logits, const int32_t* targets, int n,
                                 int vocab, cudaStream_t stream) {
-  LORA_CHECK(losses != nullptr, "losses must not be null");
-  check_sizes(logits, targets, n, vocab);
+  detail::check_cross_entropy_forward_args(losses, logits, targets, n, vocab);
   cross_entropy_forward_kernel<<<n, kThreads, 0, stream>>>(losses, logits, targets, vocab);
   LORA_CUDA_CHECK_LAUNCH();
 }
 
 void cross_entropy_backward_cuda(float* dlogits, const float* logits, const int32_t* targets,
                                  float dloss, int n, int vocab, cudaStream_t stream) {
-  LORA_CHECK(dlogits != nullptr, "dlogits must not be null");
-  check_sizes(logits, targets, n, vocab);
-  LORA_CHECK(std::isfinite(dloss), "dloss must be finite, got ", dloss);
+  detail::check_cross_entropy_backward_args(dlogits, logits, targets, dloss, n, vocab);
   cross_entropy_backward_kernel<<<n, kThreads, 0, stream>>>(dlogits, logits, targets, dloss, vocab);
   LORA_CUDA_CHECK_LAUNCH();
 }

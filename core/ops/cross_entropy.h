@@ -7,8 +7,10 @@
 // Shapes: logits, dlogits [n, vocab]; targets [n] int32 in [0, vocab); losses [n].
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
+#include "core/error.h"
 #include "core/ops/stream.h"
 
 namespace lora::ops {
@@ -24,5 +26,30 @@ void cross_entropy_forward_cuda(float* losses, const float* logits, const int32_
 void cross_entropy_backward_cuda(float* dlogits, const float* logits, const int32_t* targets,
                                  float dloss, int n, int vocab, cudaStream_t stream);
 #endif
+
+// Argument checks shared by the CPU and CUDA entry points.
+namespace detail {
+
+inline void check_cross_entropy_sizes(const float* logits, const int32_t* targets, int n,
+                                      int vocab) {
+  LORA_CHECK(logits != nullptr && targets != nullptr, "logits and targets must not be null");
+  LORA_CHECK(n > 0 && vocab > 0, "sizes must be positive: n=", n, " vocab=", vocab);
+}
+
+inline void check_cross_entropy_forward_args(const float* losses, const float* logits,
+                                             const int32_t* targets, int n, int vocab) {
+  LORA_CHECK(losses != nullptr, "losses must not be null");
+  check_cross_entropy_sizes(logits, targets, n, vocab);
+}
+
+inline void check_cross_entropy_backward_args(const float* dlogits, const float* logits,
+                                              const int32_t* targets, float dloss, int n,
+                                              int vocab) {
+  LORA_CHECK(dlogits != nullptr, "dlogits must not be null");
+  check_cross_entropy_sizes(logits, targets, n, vocab);
+  LORA_CHECK(std::isfinite(dloss), "dloss must be finite, got ", dloss);
+}
+
+}  // namespace detail
 
 }  // namespace lora::ops

@@ -9,22 +9,13 @@
 
 #include <cstddef>
 
-#include "core/error.h"
 #include "core/rng.h"
 
 namespace lora::ops {
-namespace {
-void check_args(const uint64_t* row_ids, float p, int rows, int cols) {
-  LORA_CHECK(row_ids != nullptr, "row_ids must not be null");
-  LORA_CHECK(rows > 0 && cols > 0, "sizes must be positive: rows=", rows, " cols=", cols);
-  LORA_CHECK(p >= 0.0f && p < 1.0f, "dropout probability must be in [0, 1), got ", p);
-}
-}  // namespace
 
 void dropout_forward_cpu(float* y, const float* x, const uint64_t* row_ids, float p, uint64_t seed,
                          uint64_t stream, int rows, int cols) {
-  LORA_CHECK(y != nullptr && x != nullptr, "y and x must not be null");
-  check_args(row_ids, p, rows, cols);
+  detail::check_dropout_forward_args(y, x, row_ids, p, rows, cols);
   const float keep_scale = 1.0f / (1.0f - p);
 #pragma omp parallel for schedule(static) if (static_cast<long>(rows) * cols > 16384)
   for (int r = 0; r < rows; ++r) {
@@ -45,8 +36,7 @@ void dropout_forward_cpu(float* y, const float* x, const uint64_t* row_ids, floa
 
 void dropout_backward_cpu(float* dx, const float* dy, const uint64_t* row_ids, float p,
                           uint64_t seed, uint64_t stream, int rows, int cols) {
-  LORA_CHECK(dx != nullptr && dy != nullptr, "dx and dy must not be null");
-  check_args(row_ids, p, rows, cols);
+  detail::check_dropout_backward_args(dx, dy, row_ids, p, rows, cols);
   const float keep_scale = 1.0f / (1.0f - p);
 #pragma omp parallel for schedule(static) if (static_cast<long>(rows) * cols > 16384)
   for (int r = 0; r < rows; ++r) {

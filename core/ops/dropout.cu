@@ -18,14 +18,6 @@ namespace {
 using cuda_detail::grid_for;
 using cuda_detail::kBlockSize;
 
-void check_args(const void* out, const void* in, const uint64_t* row_ids, float p, int rows,
-                int cols) {
-  LORA_CHECK(out != nullptr && in != nullptr && row_ids != nullptr,
-             "outputs, inputs and row_ids must not be null");
-  LORA_CHECK(rows > 0 && cols > 0, "sizes must be positive: rows=", rows, " cols=", cols);
-  LORA_CHECK(p >= 0.0f && p < 1.0f, "dropout probability must be in [0, 1), got ", p);
-}
-
 __device__ __forceinline__ bool keep_element(const uint64_t* row_ids, float p, uint64_t seed,
                                              uint64_t stream_id, size_t i, int cols) {
   const uint64_t h = rng_device::hash_u64(seed, stream_id, row_ids[i / cols],
@@ -58,7 +50,7 @@ static __global__ void dropout_backward_kernel(float* dx, const float* dy, const
 
 void dropout_forward_cuda(float* y, const float* x, const uint64_t* row_ids, float p, uint64_t seed,
                           uint64_t stream_id, int rows, int cols, cudaStream_t stream) {
-  check_args(y, x, row_ids, p, rows, cols);
+  detail::check_dropout_forward_args(y, x, row_ids, p, rows, cols);
   const size_t n = static_cast<size_t>(rows) * cols;
   dropout_forward_kernel<<<grid_for(n), kBlockSize, 0, stream>>>(y, x, row_ids, p, seed, stream_id,
                                                                  n, cols);
@@ -68,7 +60,7 @@ void dropout_forward_cuda(float* y, const float* x, const uint64_t* row_ids, flo
 void dropout_backward_cuda(float* dx, const float* dy, const uint64_t* row_ids, float p,
                            uint64_t seed, uint64_t stream_id, int rows, int cols,
                            cudaStream_t stream) {
-  check_args(dx, dy, row_ids, p, rows, cols);
+  detail::check_dropout_backward_args(dx, dy, row_ids, p, rows, cols);
   const size_t n = static_cast<size_t>(rows) * cols;
   dropout_backward_kernel<<<grid_for(n), kBlockSize, 0, stream>>>(dx, dy, row_ids, p, seed,
                                                                   stream_id, n, cols);

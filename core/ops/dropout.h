@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "core/error.h"
 #include "core/ops/stream.h"
 
 namespace lora::ops {
@@ -25,5 +26,28 @@ void dropout_backward_cuda(float* dx, const float* dy, const uint64_t* row_ids, 
                            uint64_t seed, uint64_t stream_id, int rows, int cols,
                            cudaStream_t stream);
 #endif
+
+// Argument checks shared by the CPU and CUDA entry points.
+namespace detail {
+
+inline void check_dropout_args(const uint64_t* row_ids, float p, int rows, int cols) {
+  LORA_CHECK(row_ids != nullptr, "row_ids must not be null");
+  LORA_CHECK(rows > 0 && cols > 0, "sizes must be positive: rows=", rows, " cols=", cols);
+  LORA_CHECK(p >= 0.0f && p < 1.0f, "dropout probability must be in [0, 1), got ", p);
+}
+
+inline void check_dropout_forward_args(const float* y, const float* x, const uint64_t* row_ids,
+                                       float p, int rows, int cols) {
+  LORA_CHECK(y != nullptr && x != nullptr, "y and x must not be null");
+  check_dropout_args(row_ids, p, rows, cols);
+}
+
+inline void check_dropout_backward_args(const float* dx, const float* dy, const uint64_t* row_ids,
+                                        float p, int rows, int cols) {
+  LORA_CHECK(dx != nullptr && dy != nullptr, "dx and dy must not be null");
+  check_dropout_args(row_ids, p, rows, cols);
+}
+
+}  // namespace detail
 
 }  // namespace lora::ops

@@ -15,19 +15,12 @@
 namespace lora::ops {
 namespace {
 
+// Token ids are host memory here, so every one is range-checked.
 void check_tokens(const int32_t* tokens, size_t n_tokens, int vocab) {
   for (size_t i = 0; i < n_tokens; ++i) {
     LORA_CHECK(tokens[i] >= 0 && tokens[i] < vocab, "token id ", tokens[i], " at position ", i,
                " is outside [0, ", vocab, ")");
   }
-}
-
-void check_sizes(const int32_t* tokens, int n_batch, int n_seq, int d_model, int vocab) {
-  LORA_CHECK(tokens != nullptr, "tokens must not be null");
-  LORA_CHECK(n_batch > 0 && n_seq > 0 && d_model > 0 && vocab > 0,
-             "sizes must be positive: n_batch=", n_batch, " n_seq=", n_seq, " d_model=", d_model,
-             " vocab=", vocab);
-  check_tokens(tokens, static_cast<size_t>(n_batch) * n_seq, vocab);
 }
 
 constexpr int kColumnBlock = 32;
@@ -36,8 +29,8 @@ constexpr int kColumnBlock = 32;
 
 void embedding_forward_cpu(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                            int n_batch, int n_seq, int d_model, int vocab) {
-  LORA_CHECK(out != nullptr && wte != nullptr && wpe != nullptr, "out, wte, wpe must not be null");
-  check_sizes(tokens, n_batch, n_seq, d_model, vocab);
+  detail::check_embedding_forward_args(out, tokens, wte, wpe, n_batch, n_seq, d_model, vocab);
+  check_tokens(tokens, static_cast<size_t>(n_batch) * n_seq, vocab);
   const long n_rows = static_cast<long>(n_batch) * n_seq;
 #pragma omp parallel for schedule(static) if (n_rows * d_model > 32768)
   for (long i = 0; i < n_rows; ++i) {
@@ -52,8 +45,8 @@ void embedding_forward_cpu(float* out, const int32_t* tokens, const float* wte, 
 
 void embedding_backward_cpu(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                             int n_batch, int n_seq, int d_model, int vocab) {
-  LORA_CHECK(dout != nullptr, "dout must not be null");
-  check_sizes(tokens, n_batch, n_seq, d_model, vocab);
+  detail::check_embedding_backward_args(dout, tokens, n_batch, n_seq, d_model, vocab);
+  check_tokens(tokens, static_cast<size_t>(n_batch) * n_seq, vocab);
   if (dwte == nullptr && dwpe == nullptr) return;
   const long n_rows = static_cast<long>(n_batch) * n_seq;
   const int n_blocks = (d_model + kColumnBlock - 1) / kColumnBlock;

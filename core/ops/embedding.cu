@@ -19,13 +19,6 @@ namespace {
 using cuda_detail::grid_for;
 using cuda_detail::kBlockSize;
 
-void check_sizes(const int32_t* tokens, int n_batch, int n_seq, int d_model, int vocab) {
-  LORA_CHECK(tokens != nullptr, "tokens must not be null");
-  LORA_CHECK(n_batch > 0 && n_seq > 0 && d_model > 0 && vocab > 0,
-             "sizes must be positive: n_batch=", n_batch, " n_seq=", n_seq, " d_model=", d_model,
-             " vocab=", vocab);
-}
-
 }  // namespace
 
 static __global__ void embedding_forward_kernel(float* out, const int32_t* tokens, const float* wte,
@@ -74,8 +67,7 @@ static __global__ void embedding_backward_wpe_kernel(float* dwpe, const float* d
 
 void embedding_forward_cuda(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                             int n_batch, int n_seq, int d_model, int vocab, cudaStream_t stream) {
-  LORA_CHECK(out != nullptr && wte != nullptr && wpe != nullptr, "out, wte, wpe must not be null");
-  check_sizes(tokens, n_batch, n_seq, d_model, vocab);
+  detail::check_embedding_forward_args(out, tokens, wte, wpe, n_batch, n_seq, d_model, vocab);
   const size_t n_rows = static_cast<size_t>(n_batch) * n_seq;
   embedding_forward_kernel<<<grid_for(n_rows * d_model), kBlockSize, 0, stream>>>(
       out, tokens, wte, wpe, n_rows, n_seq, d_model, vocab);
@@ -84,8 +76,7 @@ void embedding_forward_cuda(float* out, const int32_t* tokens, const float* wte,
 
 void embedding_backward_cuda(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                              int n_batch, int n_seq, int d_model, int vocab, cudaStream_t stream) {
-  LORA_CHECK(dout != nullptr, "dout must not be null");
-  check_sizes(tokens, n_batch, n_seq, d_model, vocab);
+  detail::check_embedding_backward_args(dout, tokens, n_batch, n_seq, d_model, vocab);
   const size_t n_rows = static_cast<size_t>(n_batch) * n_seq;
   if (dwte != nullptr) {
     embedding_backward_wte_kernel<<<grid_for(n_rows * d_model), kBlockSize, 0, stream>>>(

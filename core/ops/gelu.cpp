@@ -4,7 +4,6 @@
 // tanh comes from detail::tanh_approx so the loops vectorise.
 #include "core/ops/gelu.h"
 
-#include "core/error.h"
 #include "core/ops/vec_math.h"
 
 namespace lora::ops {
@@ -14,8 +13,7 @@ constexpr float kCubic = 0.044715f;
 }  // namespace
 
 void gelu_forward_cpu(float* y, const float* x, size_t n) {
-  LORA_CHECK(y != nullptr && x != nullptr, "y and x must not be null");
-  LORA_CHECK(n > 0, "n must be positive");
+  detail::check_gelu_forward_args(y, x, n);
   const long count = static_cast<long>(n);
 #pragma omp parallel for simd schedule(static) if (count > 16384)
   for (long i = 0; i < count; ++i) {
@@ -26,8 +24,7 @@ void gelu_forward_cpu(float* y, const float* x, size_t n) {
 }
 
 void gelu_backward_cpu(float* dx, const float* dy, const float* x, size_t n) {
-  LORA_CHECK(dx != nullptr && dy != nullptr && x != nullptr, "dx, dy, x must not be null");
-  LORA_CHECK(n > 0, "n must be positive");
+  detail::check_gelu_backward_args(dx, dy, x, n);
   const long count = static_cast<long>(n);
 #pragma omp parallel for simd schedule(static) if (count > 16384)
   for (long i = 0; i < count; ++i) {

@@ -37,15 +37,13 @@ static __global__ void gelu_backward_kernel(float* dx, const float* dy, const fl
 }
 
 void gelu_forward_cuda(float* y, const float* x, size_t n, cudaStream_t stream) {
-  LORA_CHECK(y != nullptr && x != nullptr, "y and x must not be null");
-  LORA_CHECK(n > 0, "n must be positive");
+  detail::check_gelu_forward_args(y, x, n);
   gelu_forward_kernel<<<grid_for(n), kBlockSize, 0, stream>>>(y, x, n);
   LORA_CUDA_CHECK_LAUNCH();
 }
 
 void gelu_backward_cuda(float* dx, const float* dy, const float* x, size_t n, cudaStream_t stream) {
-  LORA_CHECK(dx != nullptr && dy != nullptr && x != nullptr, "dx, dy, x must not be null");
-  LORA_CHECK(n > 0, "n must be positive");
+  detail::check_gelu_backward_args(dx, dy, x, n);
   gelu_backward_kernel<<<grid_for(n), kBlockSize, 0, stream>>>(dx, dy, x, n);
   LORA_CUDA_CHECK_LAUNCH();
 }

@@ -2,21 +2,17 @@
 // Shapes: all [n]. Null da or db is skipped.
 #include "core/ops/residual.h"
 
-#include "core/error.h"
-
 namespace lora::ops {
 
 void residual_forward_cpu(float* y, const float* a, const float* b, size_t n) {
-  LORA_CHECK(y != nullptr && a != nullptr && b != nullptr, "y, a, b must not be null");
-  LORA_CHECK(n > 0, "n must be positive");
+  detail::check_residual_forward_args(y, a, b, n);
   const long count = static_cast<long>(n);
 #pragma omp parallel for simd schedule(static) if (count > 65536)
   for (long i = 0; i < count; ++i) y[i] = a[i] + b[i];
 }
 
 void residual_backward_cpu(float* da, float* db, const float* dy, size_t n) {
-  LORA_CHECK(dy != nullptr, "dy must not be null");
-  LORA_CHECK(n > 0, "n must be positive");
+  detail::check_residual_backward_args(dy, n);
   const long count = static_cast<long>(n);
   if (da != nullptr) {
 #pragma omp parallel for simd schedule(static) if (count > 65536)

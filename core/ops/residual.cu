@@ -35,15 +35,13 @@ static __global__ void accumulate_both_kernel(float* da, float* db, const float*
 }
 
 void residual_forward_cuda(float* y, const float* a, const float* b, size_t n, cudaStream_t stream) {
-  LORA_CHECK(y != nullptr && a != nullptr && b != nullptr, "y, a, b must not be null");
-  LORA_CHECK(n > 0, "n must be positive");
+  detail::check_residual_forward_args(y, a, b, n);
   residual_forward_kernel<<<grid_for(n), kBlockSize, 0, stream>>>(y, a, b, n);
   LORA_CUDA_CHECK_LAUNCH();
 }
 
 void residual_backward_cuda(float* da, float* db, const float* dy, size_t n, cudaStream_t stream) {
-  LORA_CHECK(dy != nullptr, "dy must not be null");
-  LORA_CHECK(n > 0, "n must be positive");
+  detail::check_residual_backward_args(dy, n);
   if (da != nullptr && db != nullptr && da != db) {
     accumulate_both_kernel<<<grid_for(n), kBlockSize, 0, stream>>>(da, db, dy, n);
     LORA_CUDA_CHECK_LAUNCH();

@@ -12,23 +12,14 @@
 #include <cmath>
 #include <cstddef>
 
-#include "core/error.h"
-
 namespace lora::ops {
 namespace {
 constexpr int kColumnBlock = 32;
-
-void check_sizes(int n, int c) {
-  LORA_CHECK(n > 0 && c > 0, "sizes must be positive: n=", n, " c=", c);
-}
 }  // namespace
 
 void layernorm_forward_cpu(float* y, float* mean, float* rstd, const float* x, const float* weight,
                            const float* bias, int n, int c) {
-  LORA_CHECK(y != nullptr && mean != nullptr && rstd != nullptr && x != nullptr &&
-                 weight != nullptr && bias != nullptr,
-             "y, mean, rstd, x, weight, bias must not be null");
-  check_sizes(n, c);
+  detail::check_layernorm_forward_args(y, mean, rstd, x, weight, bias, n, c);
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) * c > 32768)
   for (int i = 0; i < n; ++i) {
     const float* xi = x + static_cast<size_t>(i) * c;
@@ -54,10 +45,7 @@ void layernorm_forward_cpu(float* y, float* mean, float* rstd, const float* x, c
 void layernorm_backward_cpu(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
                             const float* weight, const float* mean, const float* rstd, int n,
                             int c) {
-  LORA_CHECK(dx != nullptr && dy != nullptr && x != nullptr && weight != nullptr &&
-                 mean != nullptr && rstd != nullptr,
-             "dx, dy, x, weight, mean, rstd must not be null");
-  check_sizes(n, c);
+  detail::check_layernorm_backward_args(dx, dy, x, weight, mean, rstd, n, c);
   const bool parallel = static_cast<long>(n) * c > 32768;
   const float inv_c = 1.0f / static_cast<float>(c);
 #pragma omp parallel for schedule(static) if (parallel)

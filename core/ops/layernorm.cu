@@ -23,10 +23,6 @@ constexpr int kColumnTile = 32;   // columns per block in the column-sum kernel
 constexpr int kRowLanes = 8;      // row lanes per block in the column-sum kernel
 constexpr int kMaxRowChunks = 256;
 
-void check_sizes(int n, int c) {
-  LORA_CHECK(n > 0 && c > 0, "sizes must be positive: n=", n, " c=", c);
-}
-
 }  // namespace
 
 static __global__ void layernorm_forward_kernel(float* y, float* mean, float* rstd, const float* x,
@@ -114,10 +110,7 @@ static __global__ void layernorm_backward_params_kernel(float* dweight, float* d
 
 void layernorm_forward_cuda(float* y, float* mean, float* rstd, const float* x, const float* weight,
                             const float* bias, int n, int c, cudaStream_t stream) {
-  LORA_CHECK(y != nullptr && mean != nullptr && rstd != nullptr && x != nullptr &&
-                 weight != nullptr && bias != nullptr,
-             "y, mean, rstd, x, weight, bias must not be null");
-  check_sizes(n, c);
+  detail::check_layernorm_forward_args(y, mean, rstd, x, weight, bias, n, c);
   const unsigned int blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   layernorm_forward_kernel<<<blocks, kRowsPerBlock * kWarpSize, 0, stream>>>(y, mean, rstd, x,
                                                                             weight, bias, n, c);
@@ -127,10 +120,7 @@ void layernorm_forward_cuda(float* y, float* mean, float* rstd, const float* x, 
 void layernorm_backward_cuda(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
                              const float* weight, const float* mean, const float* rstd, int n, int c,
                              cudaStream_t stream) {
-  LORA_CHECK(dx != nullptr && dy != nullptr && x != nullptr && weight != nullptr &&
-                 mean != nullptr && rstd != nullptr,
-             "dx, dy, x, weight, mean, rstd must not be null");
-  check_sizes(n, c);
+  detail::check_layernorm_backward_args(dx, dy, x, weight, mean, rstd, n, c);
   const unsigned int blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   layernorm_backward_dx_kernel<<<blocks, kRowsPerBlock * kWarpSize, 0, stream>>>(
       dx, dy, x, weight, mean, rstd, n, c);

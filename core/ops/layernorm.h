@@ -5,6 +5,7 @@
 // Backward accumulates (+=) into dx, dweight, dbias; null dweight/dbias are skipped (frozen).
 #pragma once
 
+#include "core/error.h"
 #include "core/ops/stream.h"
 
 namespace lora::ops {
@@ -23,5 +24,33 @@ void layernorm_backward_cuda(float* dx, float* dweight, float* dbias, const floa
                              const float* weight, const float* mean, const float* rstd, int n, int c,
                              cudaStream_t stream);
 #endif
+
+// Argument checks shared by the CPU and CUDA entry points.
+namespace detail {
+
+inline void check_layernorm_sizes(int n, int c) {
+  LORA_CHECK(n > 0 && c > 0, "sizes must be positive: n=", n, " c=", c);
+}
+
+inline void check_layernorm_forward_args(const float* y, const float* mean, const float* rstd,
+                                         const float* x, const float* weight, const float* bias,
+                                         int n, int c) {
+  LORA_CHECK(y != nullptr && mean != nullptr && rstd != nullptr && x != nullptr &&
+                 weight != nullptr && bias != nullptr,
+             "y, mean, rstd, x, weight, bias must not be null");
+  check_layernorm_sizes(n, c);
+}
+
+// dweight and dbias may be null (frozen).
+inline void check_layernorm_backward_args(const float* dx, const float* dy, const float* x,
+                                          const float* weight, const float* mean,
+                                          const float* rstd, int n, int c) {
+  LORA_CHECK(dx != nullptr && dy != nullptr && x != nullptr && weight != nullptr &&
+                 mean != nullptr && rstd != nullptr,
+             "dx, dy, x, weight, mean, rstd must not be null");
+  check_layernorm_sizes(n, c);
+}
+
+}  // namespace detail
 
 }  // namespace lora::ops

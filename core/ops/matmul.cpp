@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cstddef>
 
-#include "core/error.h"
 
 namespace lora::ops {
 namespace {
@@ -21,9 +20,7 @@ constexpr int kColumnBlock = 32;
 
 void matmul_forward_cpu(float* y, const float* x, const float* w, const float* bias, int n, int d_in,
                         int d_out) {
-  LORA_CHECK(y != nullptr && x != nullptr && w != nullptr, "y, x, w must not be null");
-  LORA_CHECK(n > 0 && d_in > 0 && d_out > 0, "sizes must be positive: n=", n, " d_in=", d_in,
-             " d_out=", d_out);
+  detail::check_matmul_forward_args(y, x, w, n, d_in, d_out);
   float beta = 0.0f;
   if (bias != nullptr) {
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) * d_out > 65536)
@@ -40,16 +37,12 @@ void matmul_forward_cpu(float* y, const float* x, const float* w, const float* b
 
 void matmul_backward_cpu(float* dx, float* dw, float* dbias, const float* dy, const float* x,
                          const float* w, int n, int d_in, int d_out) {
-  LORA_CHECK(dy != nullptr, "dy must not be null");
-  LORA_CHECK(n > 0 && d_in > 0 && d_out > 0, "sizes must be positive: n=", n, " d_in=", d_in,
-             " d_out=", d_out);
+  detail::check_matmul_backward_args(dx, dw, dy, x, w, n, d_in, d_out);
   if (dx != nullptr) {
-    LORA_CHECK(w != nullptr, "w must not be null when dx is wanted");
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d_in, d_out, 1.0f, dy, d_out, w, d_out,
                 1.0f, dx, d_in);
   }
   if (dw != nullptr) {
-    LORA_CHECK(x != nullptr, "x must not be null when dw is wanted");
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d_in, d_out, n, 1.0f, x, d_in, dy, d_out,
                 1.0f, dw, d_out);
   }
@@ -69,25 +62,19 @@ void matmul_backward_cpu(float* dx, float* dw, float* dbias, const float* dy, co
 }
 
 void lm_head_forward_cpu(float* y, const float* x, const float* e, int n, int c, int vocab) {
-  LORA_CHECK(y != nullptr && x != nullptr && e != nullptr, "y, x, e must not be null");
-  LORA_CHECK(n > 0 && c > 0 && vocab > 0, "sizes must be positive: n=", n, " c=", c,
-             " vocab=", vocab);
+  detail::check_lm_head_forward_args(y, x, e, n, c, vocab);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, vocab, c, 1.0f, x, c, e, c, 0.0f, y,
               vocab);
 }
 
 void lm_head_backward_cpu(float* dx, float* de, const float* dy, const float* x, const float* e,
                           int n, int c, int vocab) {
-  LORA_CHECK(dy != nullptr, "dy must not be null");
-  LORA_CHECK(n > 0 && c > 0 && vocab > 0, "sizes must be positive: n=", n, " c=", c,
-             " vocab=", vocab);
+  detail::check_lm_head_backward_args(dx, de, dy, x, e, n, c, vocab);
   if (dx != nullptr) {
-    LORA_CHECK(e != nullptr, "e must not be null when dx is wanted");
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c, vocab, 1.0f, dy, vocab, e, c,
                 1.0f, dx, c);
   }
   if (de != nullptr) {
-    LORA_CHECK(x != nullptr, "x must not be null when de is wanted");
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, vocab, c, n, 1.0f, dy, vocab, x, c, 1.0f,
                 de, c);
   }

@@ -21,11 +21,6 @@ constexpr int kColumnTile = 32;
 constexpr int kRowLanes = 8;
 constexpr int kMaxRowChunks = 256;
 
-void check_sizes(int n, int d_in, int d_out) {
-  LORA_CHECK(n > 0 && d_in > 0 && d_out > 0, "sizes must be positive: n=", n, " d_in=", d_in,
-             " d_out=", d_out);
-}
-
 }  // namespace
 
 static __global__ void broadcast_rows_kernel(float* y, const float* bias, size_t n_rows, int cols) {
@@ -57,8 +52,7 @@ static __global__ void column_sum_kernel(float* dbias, const float* dy, int n_ro
 
 void matmul_forward_cuda(float* y, const float* x, const float* w, const float* bias, int n, int d_in,
                          int d_out, cudaStream_t stream) {
-  LORA_CHECK(y != nullptr && x != nullptr && w != nullptr, "y, x, w must not be null");
-  check_sizes(n, d_in, d_out);
+  detail::check_matmul_forward_args(y, x, w, n, d_in, d_out);
   float beta = 0.0f;
   if (bias != nullptr) {
     broadcast_rows_kernel<<<grid_for(static_cast<size_t>(n) * d_out), kBlockSize, 0, stream>>>(
@@ -73,16 +67,13 @@ void matmul_forward_cuda(float* y, const float* x, const float* w, const float* 
 
 void matmul_backward_cuda(float* dx, float* dw, float* dbias, const float* dy, const float* x,
                           const float* w, int n, int d_in, int d_out, cudaStream_t stream) {
-  LORA_CHECK(dy != nullptr, "dy must not be null");
-  check_sizes(n, d_in, d_out);
+  detail::check_matmul_backward_args(dx, dw, dy, x, w, n, d_in, d_out);
   if (dx != nullptr) {
-    LORA_CHECK(w != nullptr, "w must not be null when dx is wanted");
     // dx[n, d_in] += dy[n, d_out] W[d_in, d_out]^T
     cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_T, n, d_in, d_out, 1.0f, dy, d_out, w,
                           d_out, 1.0f, dx, d_in);
   }
   if (dw != nullptr) {
-    LORA_CHECK(x != nullptr, "x must not be null when dw is wanted");
     // dw[d_in, d_out] += x[n, d_in]^T dy[n, d_out]
     cuda::sgemm_row_major(stream, CUBLAS_OP_T, CUBLAS_OP_N, d_in, d_out, n, 1.0f, x, d_in, dy,
                           d_out, 1.0f, dw, d_out);
@@ -97,9 +88,7 @@ void matmul_backward_cuda(float* dx, float* dw, float* dbias, const float* dy, c
 
 void lm_head_forward_cuda(float* y, const float* x, const float* e, int n, int c, int vocab,
                           cudaStream_t stream) {
-  LORA_CHECK(y != nullptr && x != nullptr && e != nullptr, "y, x, e must not be null");
-  LORA_CHECK(n > 0 && c > 0 && vocab > 0, "sizes must be positive: n=", n, " c=", c,
-             " vocab=", vocab);
+  detail::check_lm_head_forward_args(y, x, e, n, c, vocab);
   // y[n, vocab] = x[n, c] E[vocab, c]^T
   cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_T, n, vocab, c, 1.0f, x, c, e, c, 0.0f, y,
                         vocab);
@@ -107,17 +96,13 @@ void lm_head_forward_cuda(float* y, const float* x, const float* e, int n, int c
 
 void lm_head_backward_cuda(float* dx, float* de, const float* dy, const float* x, const float* e,
                            int n, int c, int vocab, cudaStream_t stream) {
-  LORA_CHECK(dy != nullptr, "dy must not be null");
-  LORA_CHECK(n > 0 && c > 0 && vocab > 0, "sizes must be positive: n=", n, " c=", c,
-             " vocab=", vocab);
+  detail::check_lm_head_backward_args(dx, de, dy, x, e, n, c, vocab);
   if (dx != nullptr) {
-    LORA_CHECK(e != nullptr, "e must not be null when dx is wanted");
     // dx[n, c] += dy[n, vocab] E[vocab, c]
     cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_N, n, c, vocab, 1.0f, dy, vocab, e, c,
                           1.0f, dx, c);
   }
   if (de != nullptr) {
-    LORA_CHECK(x != nullptr, "x must not be null when dE is wanted");
     // dE[vocab, c] += dy[n, vocab]^T x[n, c]
     cuda::sgemm_row_major(stream, CUBLAS_OP_T, CUBLAS_OP_N, vocab, c, n, 1.0f, dy, vocab, x, c,
                           1.0f, de, c);

@@ -8,6 +8,7 @@
 // The CPU version calls OpenBLAS sgemm; the CUDA version cuBLAS.
 #pragma once
 
+#include "core/error.h"
 #include "core/ops/stream.h"
 
 namespace lora::ops {
@@ -23,6 +24,32 @@ void matmul_forward_cuda(float* y, const float* x, const float* w, const float* 
 void matmul_backward_cuda(float* dx, float* dw, float* dbias, const float* dy, const float* x,
                           const float* w, int n, int d_in, int d_out, cudaStream_t stream);
 #endif
+
+// Argument checks shared by the CPU and CUDA entry points.
+namespace detail {
+
+inline void check_matmul_sizes(int n, int d_in, int d_out) {
+  LORA_CHECK(n > 0 && d_in > 0 && d_out > 0, "sizes must be positive: n=", n, " d_in=", d_in,
+             " d_out=", d_out);
+}
+
+inline void check_matmul_forward_args(const float* y, const float* x, const float* w, int n,
+                                      int d_in, int d_out) {
+  LORA_CHECK(y != nullptr && x != nullptr && w != nullptr, "y, x, w must not be null");
+  check_matmul_sizes(n, d_in, d_out);
+}
+
+// dx, dw, dbias may be null (not computed); w is needed for dx and x for dw.
+inline void check_matmul_backward_args(const float* dx, const float* dw, const float* dy,
+                                       const float* x, const float* w, int n, int d_in,
+                                       int d_out) {
+  LORA_CHECK(dy != nullptr, "dy must not be null");
+  check_matmul_sizes(n, d_in, d_out);
+  if (dx != nullptr) LORA_CHECK(w != nullptr, "w must not be null when dx is wanted");
+  if (dw != nullptr) LORA_CHECK(x != nullptr, "x must not be null when dw is wanted");
+}
+
+}  // namespace detail
 
 }  // namespace lora::ops
 
@@ -41,5 +68,30 @@ void lm_head_forward_cuda(float* y, const float* x, const float* e, int n, int c
 void lm_head_backward_cuda(float* dx, float* de, const float* dy, const float* x, const float* e,
                            int n, int c, int vocab, cudaStream_t stream);
 #endif
+
+// Argument checks shared by the CPU and CUDA entry points.
+namespace detail {
+
+inline void check_lm_head_sizes(int n, int c, int vocab) {
+  LORA_CHECK(n > 0 && c > 0 && vocab > 0, "sizes must be positive: n=", n, " c=", c,
+             " vocab=", vocab);
+}
+
+inline void check_lm_head_forward_args(const float* y, const float* x, const float* e, int n,
+                                       int c, int vocab) {
+  LORA_CHECK(y != nullptr && x != nullptr && e != nullptr, "y, x, e must not be null");
+  check_lm_head_sizes(n, c, vocab);
+}
+
+// dx and de may be null (not computed); e is needed for dx and x for de.
+inline void check_lm_head_backward_args(const float* dx, const float* de, const float* dy,
+                                        const float* x, const float* e, int n, int c, int vocab) {
+  LORA_CHECK(dy != nullptr, "dy must not be null");
+  check_lm_head_sizes(n, c, vocab);
+  if (dx != nullptr) LORA_CHECK(e != nullptr, "e must not be null when dx is wanted");
+  if (de != nullptr) LORA_CHECK(x != nullptr, "x must not be null when de is wanted");
+}
+
+}  // namespace detail
 
 }  // namespace lora::ops

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/model/activations.h"
 #include "core/ops/attention.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/dropout.h"
@@ -31,67 +32,22 @@ namespace lora {
 namespace {
 
 using Buf = std::vector<float>;
+using BlockActs = BlockActivations<Buf>;
+using LoraActs = LoraActivations<Buf>;
 
 void zero(Buf& b) { std::fill(b.begin(), b.end(), 0.0f); }
 
-// The saved state of one adapted linear: the LoRA input after dropout (only when dropout > 0)
-// and h = x A.
-struct LoraActs {
-  Buf x_drop;  // [BT, d_in]
-  Buf h;       // [BT, r]
-};
-
-struct BlockActs {
-  Buf ln1_out, ln1_mean, ln1_rstd;  // [BT, C], [BT], [BT]
-  Buf qkv;                          // [BT, 3C]
-  Buf att_out;                      // [BT, C]
-  Buf att_probs;                    // [B, NH, T, T]
-  Buf res1;                         // [BT, C]
-  Buf ln2_out, ln2_mean, ln2_rstd;  // [BT, C], [BT], [BT]
-  Buf fc_out;                       // [BT, 4C] (pre-GELU)
-  Buf gelu_out;                     // [BT, 4C]
-  Buf res2;                         // [BT, C]
-  LoraActs lora[kNumLoraTargets];
-};
-
 }  // namespace
 
-struct Gpt2Model::Activations {
+// The float buffers (core/model/activations.h), plus the host-side inputs of the last forward.
+struct Gpt2Model::Activations : ActivationBuffers<Buf> {
   int n_batch = 0, n_seq = 0;
-  Buf encoded;                      // [BT, C] embedding output = residual stream into block 0
-  std::vector<BlockActs> blocks;
-  Buf lnf_out, lnf_mean, lnf_rstd;  // [BT, C], [BT], [BT]
-  Buf logits;                       // [BT, V] (dlogits in place after backward)
-  Buf losses;                       // [BT]
-  std::vector<int32_t> tokens, targets;
-  std::vector<uint64_t> row_ids;    // [BT] dropout row ids
+  size_t n_bytes = 0;                    // bytes of the float buffers
+  std::vector<int32_t> tokens, targets;  // [BT]
+  std::vector<uint64_t> row_ids;         // [BT] dropout row ids
   bool has_targets = false;
   ForwardOptions opts;
   uint64_t dropout_seed = 0;
-  // scratch shared by all blocks
-  Buf scratch;                      // [BT, C] branch output before the residual add
-  Buf d_res;                        // [BT, C] gradient of the residual stream
-  Buf d_ln;                         // [BT, C]
-  Buf d_qkv;                        // [BT, 3C]
-  Buf d_att;                        // [BT, C]
-  Buf d_fc;                         // [BT, 4C]
-  Buf d_gelu;                       // [BT, 4C]
-  Buf d_h;                          // [BT, r]
-  Buf d_xdrop;                      // [BT, 4C]
-
-  size_t bytes() const {
-    size_t n = encoded.size() + lnf_out.size() + lnf_mean.size() + lnf_rstd.size() + logits.size() +
-               losses.size() + scratch.size() + d_res.size() + d_ln.size() + d_qkv.size() +
-               d_att.size() + d_fc.size() + d_gelu.size() + d_h.size() + d_xdrop.size();
-    for (const auto& b : blocks) {
-      n += b.ln1_out.size() + b.ln1_mean.size() + b.ln1_rstd.size() + b.qkv.size() +
-           b.att_out.size() + b.att_probs.size() + b.res1.size() + b.ln2_out.size() +
-           b.ln2_mean.size() + b.ln2_rstd.size() + b.fc_out.size() + b.gelu_out.size() +
-           b.res2.size();
-      for (const auto& l : b.lora) n += l.x_drop.size() + l.h.size();
-    }
-    return n * sizeof(float);
-  }
 };
 
 Gpt2Model::Gpt2Model(const ModelShape& shape, TrainMode mode, const std::optional<LoraSpec>& lora)
@@ -132,62 +88,22 @@ void Gpt2Model::init_lora(uint64_t seed) {
 
 const float* Gpt2Model::logits() const { return acts_ ? acts_->logits.data() : nullptr; }
 const float* Gpt2Model::losses() const { return acts_ ? acts_->losses.data() : nullptr; }
-size_t Gpt2Model::workspace_bytes() const { return acts_ ? acts_->bytes() : 0; }
+size_t Gpt2Model::workspace_bytes() const { return acts_ ? acts_->n_bytes : 0; }
 
 void Gpt2Model::ensure_activations(int B, int T) {
   if (acts_ && acts_->n_batch == B && acts_->n_seq == T) return;
   acts_ = std::make_unique<Activations>();
   auto& a = *acts_;
-  const ModelShape& s = shape();
-  const size_t BT = static_cast<size_t>(B) * T, C = s.d_model, V = s.vocab_size;
+  const size_t BT = static_cast<size_t>(B) * T;
   a.n_batch = B;
   a.n_seq = T;
-  a.encoded.resize(BT * C);
-  a.blocks.resize(s.n_layer);
-  const bool dropout = lora_layout_ && lora_layout_->spec().dropout > 0.0f;
-  for (int l = 0; l < s.n_layer; ++l) {
-    BlockActs& b = a.blocks[l];
-    b.ln1_out.resize(BT * C);
-    b.ln1_mean.resize(BT);
-    b.ln1_rstd.resize(BT);
-    b.qkv.resize(BT * 3 * C);
-    b.att_out.resize(BT * C);
-    b.att_probs.resize(static_cast<size_t>(B) * s.n_head * T * T);
-    b.res1.resize(BT * C);
-    b.ln2_out.resize(BT * C);
-    b.ln2_mean.resize(BT);
-    b.ln2_rstd.resize(BT);
-    b.fc_out.resize(BT * 4 * C);
-    b.gelu_out.resize(BT * 4 * C);
-    b.res2.resize(BT * C);
-    if (lora_layout_) {
-      for (int t = 0; t < kNumLoraTargets; ++t) {
-        const LoraModule* m = lora_layout_->find(l, static_cast<LoraTarget>(t));
-        if (!m) continue;
-        b.lora[t].h.resize(BT * m->rank);
-        if (dropout) b.lora[t].x_drop.resize(BT * m->d_in);
-      }
-    }
-  }
-  a.lnf_out.resize(BT * C);
-  a.lnf_mean.resize(BT);
-  a.lnf_rstd.resize(BT);
-  a.logits.resize(BT * V);
-  a.losses.resize(BT);
+  make_activation_buffers(a, shape(), lora_layout_.get(), B, T, [&a](Buf& buf, size_t n_elems) {
+    buf.resize(n_elems);
+    a.n_bytes += n_elems * sizeof(float);
+  });
   a.tokens.resize(BT);
   a.targets.resize(BT);
   a.row_ids.resize(BT);
-  a.scratch.resize(BT * C);
-  a.d_res.resize(BT * C);
-  a.d_ln.resize(BT * C);
-  a.d_qkv.resize(BT * 3 * C);
-  a.d_att.resize(BT * C);
-  a.d_fc.resize(BT * 4 * C);
-  a.d_gelu.resize(BT * 4 * C);
-  if (lora_layout_) {
-    a.d_h.resize(BT * lora_layout_->spec().rank);
-    if (dropout) a.d_xdrop.resize(BT * 4 * C);
-  }
 }
 
 float Gpt2Model::forward(const int32_t* tokens, const int32_t* targets, int B, int T,

@@ -8,10 +8,7 @@
 //   x2  = x1 + q
 // then ln_f, the tied LM head and the fused softmax cross-entropy. Backward keeps one
 // residual-stream gradient buffer that every branch accumulates into.
-// Shapes (BT = n_batch * n_seq, C = d_model, V = vocab, NH = n_head, r = LoRA rank) are those of
-// the CPU model: per block ln_1/ln_2 outputs [BT, C] with mean/rstd [BT], qkv [BT, 3C], attention
-// output [BT, C] and probabilities [B, NH, T, T], fc and gelu outputs [BT, 4C], residuals [BT, C];
-// per adapter h [BT, r] and, with dropout, the dropped-out input [BT, d_in]; logits [BT, V].
+// The activation buffers and their shapes are the CPU model's, from core/model/activations.h.
 // Everything is enqueued on the compute stream. Host staging buffers (tokens, targets, dropout row
 // ids, per-position losses) are pinned so the copies are truly asynchronous.
 #ifdef LORA_WITH_CUDA
@@ -22,6 +19,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/model/activations.h"
 #include "core/ops/attention.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/dropout.h"
@@ -92,49 +90,17 @@ class Event {
 };
 
 using Buf = DeviceBuffer<float>;
-
-// The saved state of one adapted linear: the LoRA input after dropout (only when dropout > 0)
-// and h = x A.
-struct LoraActs {
-  Buf x_drop;  // [BT, d_in]
-  Buf h;       // [BT, r]
-};
-
-struct BlockActs {
-  Buf ln1_out, ln1_mean, ln1_rstd;  // [BT, C], [BT], [BT]
-  Buf qkv;                          // [BT, 3C]
-  Buf att_out;                      // [BT, C]
-  Buf att_probs;                    // [B, NH, T, T]
-  Buf res1;                         // [BT, C]
-  Buf ln2_out, ln2_mean, ln2_rstd;  // [BT, C], [BT], [BT]
-  Buf fc_out;                       // [BT, 4C] (pre-GELU)
-  Buf gelu_out;                     // [BT, 4C]
-  Buf res2;                         // [BT, C]
-  LoraActs lora[kNumLoraTargets];
-};
+using BlockActs = BlockActivations<Buf>;
+using LoraActs = LoraActivations<Buf>;
 
 }  // namespace
 
-struct Gpt2CudaModel::Activations {
+// The float buffers (core/model/activations.h) on the device, plus the inputs of the last forward.
+struct Gpt2CudaModel::Activations : ActivationBuffers<Buf> {
   int n_batch = 0, n_seq = 0;
-  size_t n_bytes = 0;               // device bytes of everything below
-  Buf encoded;                      // [BT, C] embedding output = residual stream into block 0
-  std::vector<BlockActs> blocks;
-  Buf lnf_out, lnf_mean, lnf_rstd;  // [BT, C], [BT], [BT]
-  Buf logits;                       // [BT, V] (dlogits in place after backward)
-  Buf losses;                       // [BT]
+  size_t n_bytes = 0;                     // device bytes of all device buffers
   DeviceBuffer<int32_t> tokens, targets;  // [BT]
   DeviceBuffer<uint64_t> row_ids;         // [BT] dropout row ids
-  // scratch shared by all blocks
-  Buf scratch;                      // [BT, C] branch output before the residual add
-  Buf d_res;                        // [BT, C] gradient of the residual stream
-  Buf d_ln;                         // [BT, C]
-  Buf d_qkv;                        // [BT, 3C]
-  Buf d_att;                        // [BT, C]
-  Buf d_fc;                         // [BT, 4C]
-  Buf d_gelu;                       // [BT, 4C]
-  Buf d_h;                          // [BT, r]
-  Buf d_xdrop;                      // [BT, 4C]
   // host side
   PinnedBuffer<int32_t> tokens_host, targets_host;  // [BT] staging for the uploads
   PinnedBuffer<uint64_t> row_ids_host;              // [BT]
@@ -265,56 +231,14 @@ void Gpt2CudaModel::ensure_activations(int B, int T) {
   acts_.reset();
   auto fresh = std::make_unique<Activations>();
   auto& a = *fresh;
-  const ModelShape& s = shape();
-  const size_t BT = static_cast<size_t>(B) * T, C = s.d_model, V = s.vocab_size;
+  const size_t BT = static_cast<size_t>(B) * T;
   a.n_batch = B;
   a.n_seq = T;
-  a.encoded = a.alloc<float>(BT * C);
-  a.blocks.resize(s.n_layer);
-  const bool dropout = lora_layout_ && lora_layout_->spec().dropout > 0.0f;
-  for (int l = 0; l < s.n_layer; ++l) {
-    BlockActs& b = a.blocks[l];
-    b.ln1_out = a.alloc<float>(BT * C);
-    b.ln1_mean = a.alloc<float>(BT);
-    b.ln1_rstd = a.alloc<float>(BT);
-    b.qkv = a.alloc<float>(BT * 3 * C);
-    b.att_out = a.alloc<float>(BT * C);
-    b.att_probs = a.alloc<float>(static_cast<size_t>(B) * s.n_head * T * T);
-    b.res1 = a.alloc<float>(BT * C);
-    b.ln2_out = a.alloc<float>(BT * C);
-    b.ln2_mean = a.alloc<float>(BT);
-    b.ln2_rstd = a.alloc<float>(BT);
-    b.fc_out = a.alloc<float>(BT * 4 * C);
-    b.gelu_out = a.alloc<float>(BT * 4 * C);
-    b.res2 = a.alloc<float>(BT * C);
-    if (lora_layout_) {
-      for (int t = 0; t < kNumLoraTargets; ++t) {
-        const LoraModule* m = lora_layout_->find(l, static_cast<LoraTarget>(t));
-        if (!m) continue;
-        b.lora[t].h = a.alloc<float>(BT * m->rank);
-        if (dropout) b.lora[t].x_drop = a.alloc<float>(BT * m->d_in);
-      }
-    }
-  }
-  a.lnf_out = a.alloc<float>(BT * C);
-  a.lnf_mean = a.alloc<float>(BT);
-  a.lnf_rstd = a.alloc<float>(BT);
-  a.logits = a.alloc<float>(BT * V);
-  a.losses = a.alloc<float>(BT);
+  make_activation_buffers(a, shape(), lora_layout_.get(), B, T,
+                          [&a](Buf& buf, size_t n_elems) { buf = a.alloc<float>(n_elems); });
   a.tokens = a.alloc<int32_t>(BT);
   a.targets = a.alloc<int32_t>(BT);
   a.row_ids = a.alloc<uint64_t>(BT);
-  a.scratch = a.alloc<float>(BT * C);
-  a.d_res = a.alloc<float>(BT * C);
-  a.d_ln = a.alloc<float>(BT * C);
-  a.d_qkv = a.alloc<float>(BT * 3 * C);
-  a.d_att = a.alloc<float>(BT * C);
-  a.d_fc = a.alloc<float>(BT * 4 * C);
-  a.d_gelu = a.alloc<float>(BT * 4 * C);
-  if (lora_layout_) {
-    a.d_h = a.alloc<float>(BT * lora_layout_->spec().rank);
-    if (dropout) a.d_xdrop = a.alloc<float>(BT * 4 * C);
-  }
   a.tokens_host = PinnedBuffer<int32_t>(BT);
   a.targets_host = PinnedBuffer<int32_t>(BT);
   a.row_ids_host = PinnedBuffer<uint64_t>(BT);

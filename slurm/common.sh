@@ -81,20 +81,23 @@ lora_slurm_launcher() {
 lora_slurm_run() {
   _lora_child=
   _lora_signalled=0
+  _lora_pending=
   trap '_lora_forward USR1' USR1
   trap '_lora_forward TERM' TERM
   "$@" &
   _lora_child=$!
-  local rc
+  # A signal that came between the fork and the line above is forwarded now.
+  [[ -n $_lora_pending ]] && _lora_forward "$_lora_pending"
+  # wait returns 128+N when a trapped signal interrupts it while the child still runs: wait
+  # again. A second wait after the child was already collected returns 127: keep the first code.
+  local rc='' status
   while :; do
+    _lora_signalled=0
     wait "$_lora_child"
-    rc=$?
-    # wait returns 128+N when a trapped signal interrupts it; the child may still be running.
-    if ((_lora_signalled)); then
-      _lora_signalled=0
-      continue
-    fi
-    break
+    status=$?
+    [[ $status -eq 127 && -n $rc ]] && break
+    rc=$status
+    ((_lora_signalled)) || break
   done
   trap - USR1 TERM
   LORA_RC=$rc
@@ -103,7 +106,11 @@ lora_slurm_run() {
 
 _lora_forward() {
   _lora_signalled=1
-  if [[ -n $_lora_child ]] && kill -0 "$_lora_child" 2>/dev/null; then
+  if [[ -z $_lora_child ]]; then
+    _lora_pending=$1
+    return
+  fi
+  if kill -0 "$_lora_child" 2>/dev/null; then
     lora_slurm_log "batch shell got SIG$1: sending SIGUSR1 to pid $_lora_child"
     kill -USR1 "$_lora_child" 2>/dev/null || true
   fi

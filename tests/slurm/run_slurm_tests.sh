@@ -14,6 +14,8 @@
 #            the way a step signal arrives (`scancel --signal=USR1`: srun's tasks directly); each
 #            time it must checkpoint, exit 75, requeue itself and resume; the final adapters equal
 #            an uninterrupted `mpirun -np 2` run's
+#   preempt_mpirun  the same with LAUNCHER=mpirun, both signals through the batch shell (which
+#            forwards SIGUSR1 to mpirun, which forwards it to the ranks)
 #   sweep    a 3-point job array of `lora sweep --only I`; skipped (exit 77) while the lora
 #            binary has no sweep subcommand
 #
@@ -196,12 +198,14 @@ wait_for_step() {
   return 1
 }
 
-case_preempt() {
-  local name=preempt steps=1200
+# case_preempt_with NAME LAUNCHER SECOND: the second signal goes to the job steps (SECOND=steps,
+# `scancel --signal=USR1`) or again to the batch shell (SECOND=batch, `scancel --batch`).
+case_preempt_with() {
+  local name=$1 launcher=$2 second=$3 steps=1200
   local run=$work/runs/$name
   reference "$work/long.yaml" ref-long
   job_log=$work/logs/$name.out
-  CONFIG=$work/long.yaml LORA=$lora EXTRA_ARGS="--set run.output_dir=$run" MAX_RESTARTS=3 \
+  CONFIG=$work/long.yaml LORA=$lora LAUNCHER=$launcher EXTRA_ARGS="--set run.output_dir=$run" MAX_RESTARTS=3 \
     timeout "$kJobTimeout" sbatch --wait --parsable --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10 \
     --job-name="lora-$name" --output="$job_log" --export=ALL "$src/slurm/train-cpu.sbatch" \
     >"$work/logs/$name.sbatch" 2>&1 &
@@ -221,7 +225,7 @@ case_preempt() {
   scancel --batch --signal=USR1 "$job_id" || fail "$name: scancel --batch failed"
   echo "signalled the batch shell of job $job_id at step $at1 ($(elapsed))"
 
-  # 2: after the requeue, the tasks get SIGUSR1 straight from Slurm (no --batch).
+  # 2: after the requeue, SIGUSR1 straight to the ranks (srun's tasks) or through the shell again.
   local restarted=""
   for _ in $(seq 1 1200); do
     grep -q "restart 1\]: starting" "$job_log" 2>/dev/null && { restarted=1; break; }
@@ -239,8 +243,13 @@ case_preempt() {
   wait_for_step "$run" $((resumed + 5)) || { show_job "$name"; fail "$name: the restarted job never trained past step $((resumed + 5))"; }
   local at2
   at2=$(last_step "$run")
-  scancel --signal=USR1 "$job_id" || fail "$name: scancel --signal=USR1 failed"
-  echo "signalled the tasks of job $job_id at step $at2 ($(elapsed))"
+  if [[ $second == steps ]]; then
+    scancel --signal=USR1 "$job_id" || fail "$name: scancel --signal=USR1 failed"
+    echo "signalled the steps of job $job_id at step $at2 ($(elapsed))"
+  else
+    scancel --batch --signal=USR1 "$job_id" || fail "$name: scancel --batch failed"
+    echo "signalled the batch shell of job $job_id at step $at2 ($(elapsed))"
+  fi
 
   wait "$sbatch_pid"
   local rc=$?
@@ -264,8 +273,12 @@ case_preempt() {
   ref=$(final_checkpoint "$work/runs/ref-long" $steps) || exit 1
   "$python" "$src/tests/slurm/compare_adapters.py" "$ckpt" "$ref" ||
     fail "$name: adapters after two preemptions differ from an uninterrupted mpirun -np 2 run"
-  echo "PASS $name (stopped at steps $resumed and $resumed2, requeued twice, resumed, finished at $steps) at $(elapsed)"
+  grep -q "starting: ${launcher/srun-/srun --mpi=}" "$job_log" || { show_job "$name"; fail "$name: the job did not use $launcher"; }
+  echo "PASS $name ($launcher: stopped at steps $resumed and $resumed2, requeued twice, resumed, finished at $steps) at $(elapsed)"
 }
+
+case_preempt() { case_preempt_with preempt srun-pmix steps; }
+case_preempt_mpirun() { case_preempt_with preempt-mpirun mpirun batch; }
 
 # Checked before the cluster starts.
 precheck_sweep() {

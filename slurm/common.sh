@@ -5,8 +5,10 @@
 #
 #   0           the run finished                         -> the job exits 0
 #   75          stopped by SIGUSR1/SIGTERM after writing a checkpoint
-#                 restarts so far < MAX_RESTARTS           -> `scontrol requeue $SLURM_JOB_ID`, exit 0;
-#                                                           the next start resumes (--resume auto)
+#                 the job is not RUNNING (being cancelled) -> the job exits 75
+#                 restarts so far < MAX_RESTARTS           -> `scontrol requeue Incomplete
+#                                                           $SLURM_JOB_ID`, exit 0; the next
+#                                                           start resumes (--resume auto)
 #                 restarts so far >= MAX_RESTARTS          -> the job exits 75
 #   anything else (1 runtime failure, 2 invalid input, 128+N killed by signal N)
 #                                                        -> the job exits with that code
@@ -127,9 +129,19 @@ lora_slurm_finish() {
       exit 0
       ;;
     75)
+      # A job being cancelled (scancel, which sends SIGTERM first) is no longer RUNNING: it must
+      # stay cancelled, and a plain `scontrol requeue` would bring it back; "Incomplete" also
+      # refuses jobs that are no longer running.
+      local state
+      state=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o -m 1 'JobState=[A-Z_]*')
+      state=${state#JobState=}
+      if [[ $state != RUNNING ]]; then
+        lora_slurm_log "stopped after a checkpoint (exit 75) while the job is ${state:-in an unknown state}, not running (cancelled?): not requeueing"
+        exit 75
+      fi
       if ((restarts < max_restarts)); then
         lora_slurm_log "stopped after a checkpoint (exit 75): requeueing (restart $((restarts + 1)) of at most $max_restarts)"
-        if scontrol requeue "$SLURM_JOB_ID"; then
+        if scontrol requeue Incomplete "$SLURM_JOB_ID"; then
           exit 0
         fi
         lora_slurm_log "scontrol requeue $SLURM_JOB_ID failed: the job ends with exit 75"

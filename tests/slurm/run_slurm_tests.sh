@@ -16,6 +16,8 @@
 #            an uninterrupted `mpirun -np 2` run's
 #   preempt_mpirun  the same with LAUNCHER=mpirun, both signals through the batch shell (which
 #            forwards SIGUSR1 to mpirun, which forwards it to the ranks)
+#   cancel   `scancel JOB` while training: lora checkpoints on SIGTERM and exits 75, and the
+#            script must not requeue a job that is being cancelled
 #   sweep    a 3-point job array of `lora sweep --only I`; skipped (exit 77) while the lora
 #            binary has no sweep subcommand
 #
@@ -278,6 +280,39 @@ case_preempt_with() {
 }
 
 case_preempt() { case_preempt_with preempt srun-pmix steps; }
+
+case_cancel() {
+  local name=cancel steps=1200
+  local run=$work/runs/$name
+  job_log=$work/logs/$name.out
+  CONFIG=$work/long.yaml LORA=$lora EXTRA_ARGS="--set run.output_dir=$run" MAX_RESTARTS=3 \
+    timeout "$kJobTimeout" sbatch --wait --parsable --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10 \
+    --job-name="lora-$name" --output="$job_log" --export=ALL "$src/slurm/train-cpu.sbatch" \
+    >"$work/logs/$name.sbatch" 2>&1 &
+  sbatch_pid=$!
+  job_id=""
+  for _ in $(seq 1 200); do
+    job_id=$(grep -m1 -E '^[0-9]+' "$work/logs/$name.sbatch" 2>/dev/null | cut -d';' -f1)
+    [[ -n $job_id ]] && break
+    sleep 0.05
+  done
+  [[ -n $job_id ]] || { show_job "$name"; fail "$name: no job id from sbatch"; }
+  wait_for_step "$run" 5 || { show_job "$name"; fail "$name: the job never reached step 5"; }
+  scancel "$job_id" || fail "$name: scancel failed"
+  echo "cancelled job $job_id at step $(last_step "$run") ($(elapsed))"
+  # sbatch --wait returns once the job is final: it would go on waiting through a requeue.
+  wait "$sbatch_pid"
+  local rc=$? stopped
+  stopped=$(sed -n 's/.*lora: done at step \([0-9]*\) .*/\1/p' "$job_log" | head -n 1)
+  if ((rc == 0)) || [[ -z $stopped ]] || ((stopped >= steps)) ||
+    ! grep -q "stopped by signal 15 after a checkpoint" "$job_log" ||
+    ! grep -q "not requeueing" "$job_log" || grep -q "restart 1\]" "$job_log" ||
+    [[ ! -f $run/checkpoints/ckpt-$stopped.h5 ]]; then
+    show_job "$name"
+    fail "$name: expected SIGTERM -> checkpoint -> exit 75 -> no requeue, the job staying cancelled (sbatch --wait returned $rc)"
+  fi
+  echo "PASS $name (SIGTERM, checkpoint at step $stopped, exit 75, not requeued; sbatch --wait returned $rc) at $(elapsed)"
+}
 case_preempt_mpirun() { case_preempt_with preempt-mpirun mpirun batch; }
 
 # Checked before the cluster starts.

@@ -2,9 +2,10 @@
 # The sbatch scripts' logic without Slurm: each slurm/*.sbatch runs under plain bash with a fake
 # job environment (SLURM_JOB_ID, SLURM_RESTART_COUNT, ...), stub `srun`/`mpirun`/`scontrol` on
 # PATH that record their arguments, and a stub `lora` whose exit code (or reaction to SIGUSR1)
-# each case chooses. Checked: requeue on exit 75 below MAX_RESTARTS, no requeue at the bound,
-# exit 0 on success, other failures propagated, SIGUSR1/SIGTERM to the batch shell forwarded to
-# the ranks as SIGUSR1, the launcher chosen from `srun --mpi=list`, and the arguments lora gets.
+# each case chooses. Checked: requeue on exit 75 below MAX_RESTARTS, no requeue at the bound nor
+# of a job that is being cancelled, exit 0 on success, other failures propagated, SIGUSR1/SIGTERM
+# to the batch shell forwarded to the ranks as SIGUSR1, the launcher chosen from
+# `srun --mpi=list`, and the arguments lora gets.
 #
 # usage: test_requeue_logic.sh SOURCE_DIR
 set -uo pipefail
@@ -18,6 +19,7 @@ mkdir -p "$work/bin"
 # Stubs. Each appends one line "name args..." to $work/calls.
 cat >"$work/bin/scontrol" <<'EOF'
 #!/bin/bash
+if [[ $1 == show ]]; then echo "JobId=$3 JobName=x"; echo "   JobState=${STUB_JOB_STATE:-RUNNING} Reason=None"; exit 0; fi
 echo "scontrol $*" >>"$STUB_DIR/calls"
 exit "${STUB_SCONTROL_RC:-0}"
 EOF
@@ -77,7 +79,7 @@ run_script() {
   rc=$?
 }
 
-requeued() { grep -q "^scontrol requeue 1234$" "$work/calls"; }
+requeued() { grep -q "^scontrol requeue Incomplete 1234$" "$work/calls"; }
 not_requeued() { ! grep -q "^scontrol" "$work/calls"; }
 
 for script in train.sbatch train-cpu.sbatch; do
@@ -100,6 +102,10 @@ for script in train.sbatch train-cpu.sbatch; do
   run_script "$script" STUB_LORA_RC=75 MAX_RESTARTS=0
   [[ $rc -eq 75 ]] && not_requeued
   check "$script 75 with MAX_RESTARTS=0" $? "expected exit 75 and no requeue, got exit $rc"
+
+  run_script "$script" STUB_LORA_RC=75 STUB_JOB_STATE=COMPLETING
+  [[ $rc -eq 75 ]] && not_requeued
+  check "$script 75 while cancelled" $? "expected exit 75 and no requeue of a job being cancelled, got exit $rc"
 
   run_script "$script" STUB_LORA_RC=75 STUB_SCONTROL_RC=1
   [[ $rc -eq 75 ]] && requeued

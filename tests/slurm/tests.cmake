@@ -8,7 +8,7 @@ add_test(NAME slurm.requeue_logic
          COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/test_requeue_logic.sh ${PROJECT_SOURCE_DIR})
 set_tests_properties(slurm.requeue_logic PROPERTIES TIMEOUT 60 LABELS "slurm")
 
-foreach(slurm_case train mpirun pmi2 preempt preempt_mpirun sweep)
+foreach(slurm_case train mpirun pmi2 preempt preempt_mpirun cancel sweep)
   add_test(NAME slurm.cluster.${slurm_case}
            COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/run_slurm_tests.sh $<TARGET_FILE:lora>
                    ${PROJECT_SOURCE_DIR} ${LORA_MPIEXEC} ${LORA_PYTHON} ${slurm_case})

@@ -11,6 +11,7 @@ packages=(
   googletest libgtest-dev
   python3 python3-torch python3-numpy python3-h5py
   fortunes fortunes-min
+  slurmctld slurmd slurm-client munge  # tests/slurm starts its own one-node cluster with these
 )
 
 missing=()

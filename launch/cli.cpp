@@ -274,14 +274,14 @@ int cli_main(int argc, char** argv) {
     std::fprintf(stderr, "lora: error: %s\n", e.what());
     return 2;
   }
+  const bool known = args.command.empty() || help_for(args.command) != kMainHelp;
+  if (!known) {
+    std::fprintf(stderr, "lora: error: unknown command '%s'\n\n%s", args.command.c_str(), kMainHelp);
+    return 2;
+  }
   if (args.help) {
     std::fputs(help_for(args.command), stdout);
     return 0;
-  }
-  if (args.command != "train" && args.command != "eval" && args.command != "generate" &&
-      args.command != "inspect" && args.command != "sweep" && args.command != "report") {
-    std::fprintf(stderr, "lora: error: unknown command '%s'\n\n%s", args.command.c_str(), kMainHelp);
-    return 2;
   }
   if (args.config.empty()) {
     const char* what = args.command == "inspect" ? "a checkpoint file"

@@ -51,6 +51,9 @@ TEST_F(Cli, UnknownCommandAndOptionAreInputErrors) {
   auto r = run_command(lora_cmd("frobnicate x.yaml"));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("unknown command 'frobnicate'"), std::string::npos) << r.output;
+  r = run_command(lora_cmd("frobnicate --help"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("unknown command 'frobnicate'"), std::string::npos) << r.output;
   r = run_command(lora_cmd("train " + cfg() + " --bogus"));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("unknown option '--bogus'"), std::string::npos) << r.output;

@@ -18,8 +18,8 @@
 #            forwards SIGUSR1 to mpirun, which forwards it to the ranks)
 #   cancel   `scancel JOB` while training: lora checkpoints on SIGTERM and exits 75, and the
 #            script must not requeue a job that is being cancelled
-#   sweep    a 3-point job array of `lora sweep --only I`; skipped (exit 77) while the lora
-#            binary has no sweep subcommand
+#   sweep    a 3-point job array of `lora sweep --only I`; skipped (exit 77) if the lora binary
+#            has no sweep subcommand
 #
 # Exit codes: 0 passed, 1 failed, 77 skipped (CTest's SKIP_RETURN_CODE), with the reason printed.
 # Set LORA_SLURM_KEEP=1 to keep the temporary directory (configs, runs, job and daemon logs).

@@ -10,12 +10,28 @@ with the same fields as bench_train.
 import argparse
 import json
 import math
+import os
 import resource
+import sys
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+def _threads_from_argv():
+    for i, a in enumerate(sys.argv):
+        if a == "--threads" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "1"
+
+
+# BLAS and OpenMP thread pools read these when torch loads: set them first so that "--threads N"
+# means N threads for the matrix products too, as it does for bench_train.
+os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = _threads_from_argv()
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 
 class LoraConv1D(nn.Module):
@@ -114,7 +130,13 @@ def main():
             times.append(dt)
     times.sort()
     med = times[len(times) // 2]
-    print(json.dumps(dict(impl="pytorch", torch=torch.__version__, mode=a.mode, threads=a.threads, layers=a.layers,
+    blas = "unknown"
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "libblas" in line or "libopenblas" in line:
+                blas = line.split()[-1]
+                break
+    print(json.dumps(dict(impl="pytorch", torch=torch.__version__, blas=blas, mode=a.mode, threads=a.threads, layers=a.layers,
                           d_model=a.d_model, vocab=a.vocab, seq=a.seq, batch=a.batch, rank=a.rank,
                           targets=a.targets, trainable=sum(q.numel() for q in params),
                           step_s_median=round(med, 5), step_s_min=round(times[0], 5),

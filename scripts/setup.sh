@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
-  libyaml-cpp-dev libopenblas-dev
+  libyaml-cpp-dev libopenblas-dev libopenblas-openmp-dev
   libhdf5-dev hdf5-tools
   libopenmpi-dev openmpi-bin
   googletest libgtest-dev

@@ -59,9 +59,9 @@ echo
 echo "shapes: small = 4 layers, d_model 256, 4 heads, vocab 256, seq 128, micro-batch 8;"
 echo "gpt2 = GPT-2 124M (12 layers, d_model 768, 12 heads, vocab 50257), seq 128, micro-batch 4."
 echo
-echo "## Peak memory, lora vs full mode (1 thread, peak RSS of the whole process)"
+echo "## Peak memory, lora vs full mode (1 thread, peak RSS of the whole process; PyTorch as installed)"
 echo
-echo "| shape | lora MiB | full MiB | PyTorch lora MiB | PyTorch full MiB |  (PyTorch as installed)"
+echo "| shape | lora MiB | full MiB | PyTorch lora MiB | PyTorch full MiB |"
 echo "| --- | --- | --- | --- | --- |"
 for shape in small gpt2; do
   args=${!shape}

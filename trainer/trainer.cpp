@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <omp.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <chrono>
@@ -11,6 +12,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include "comm/grad_reducer.h"
@@ -19,10 +22,6 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "trainer/lr_schedule.h"
-
-#include <yaml-cpp/yaml.h>
-#include <map>
-#include <set>
 
 namespace fs = std::filesystem;
 
@@ -93,7 +92,8 @@ int configure_threads(int threads) {
 }
 
 std::unique_ptr<Gpt2Model> build_model(const Config& cfg) {
-  // The CUDA kernels exist (core/ops/*.cu) but the training loop drives the CPU backend only.
+  // The CUDA ops and model exist (core/ops/*.cu, core/model/gpt2_cuda.h) but the training loop
+  // drives the CPU backend only.
   LORA_INPUT_CHECK(cfg.device.backend != DeviceBackend::kCuda, cfg.source_path,
                    ": device.backend: cuda is not available in the trainer yet (expected auto or cpu)");
   LORA_INPUT_CHECK(cfg.model.dtype == "fp32", cfg.source_path, ": model.dtype: ", cfg.model.dtype,
@@ -242,6 +242,127 @@ void load_checkpoint_weights(Gpt2Model& model, const Config& cfg, const std::str
   std::copy(c.params.begin(), c.params.end(), model.trainable_params());
 }
 
+namespace {
+
+// Rank 0: finds the checkpoint --resume asks for, checks that it fits the config, and loads it into
+// the model and the optimizer. Returns the scalars every rank needs (has = 0: start fresh).
+ResumeScalars restore_checkpoint(const Config& cfg, const TrainOptions& opts, Gpt2Model& model,
+                                 AdamW& optimizer, int world, std::ostream& out,
+                                 std::string* metrics_so_far) {
+  const std::string ckpt_dir = cfg.checkpoint_dir();
+  std::string path = opts.resume_path;
+  if (opts.resume == ResumeMode::kAuto) {
+    const CheckpointScan scan = find_latest_checkpoint(ckpt_dir);
+    for (const auto& [p, why] : scan.skipped)
+      out << "lora: resume: skipping invalid checkpoint " << p << ": " << why << "\n";
+    if (!scan.latest_valid) {
+      out << "lora: resume: no valid checkpoint in " << ckpt_dir << ", starting fresh\n";
+      return {};
+    }
+    path = *scan.latest_valid;
+  }
+  CheckpointState c = read_checkpoint(path);
+  check_checkpoint_fits(c, path, model, cfg);
+  for (const std::string& change : resume_config_changes(c.config_yaml, cfg, path))
+    out << "lora: resume: changed " << change << "\n";
+  LORA_INPUT_CHECK(c.step <= cfg.train.steps, path, ": checkpoint is at step ", c.step,
+                   " but train.steps is ", cfg.train.steps);
+  std::copy(c.params.begin(), c.params.end(), model.trainable_params());
+  optimizer.m() = std::move(c.adam_m);
+  optimizer.v() = std::move(c.adam_v);
+  *metrics_so_far = c.metrics_jsonl;
+  out << "lora: resume: from " << path << " at step " << c.step << " (" << c.tokens_seen
+      << " tokens seen, written by a world of " << c.world_size << ")";
+  if (c.world_size != world) out << "; continuing with a world of " << world;
+  out << std::endl;
+  return {1, c.step, static_cast<int64_t>(c.tokens_seen), c.optimizer_step};
+}
+
+// Creates run.output_dir and, on rank 0, checks that checkpoints can be written, so a bad
+// directory fails at start rather than at the first checkpoint hours later.
+void prepare_output_dirs(const Config& cfg, bool lead) {
+  std::error_code ec;
+  fs::create_directories(cfg.run.output_dir, ec);
+  LORA_INPUT_CHECK(!ec, "run.output_dir: cannot create '", cfg.run.output_dir, "': ", ec.message());
+  if (!lead) return;
+  const std::string ckpt_dir = cfg.checkpoint_dir();
+  fs::create_directories(ckpt_dir, ec);
+  const fs::path probe = fs::path(ckpt_dir) / (".write-test-" + std::to_string(::getpid()));
+  std::ofstream f(probe);
+  const bool ok = !ec && f.is_open() && (f << "x").flush();
+  f.close();
+  fs::remove(probe, ec);
+  LORA_INPUT_CHECK(ok, "checkpoint.dir: cannot write checkpoints to '", ckpt_dir,
+                   "' (expected a writable directory)");
+}
+
+// The start-up lines rank 0 prints: what trains, how much of the model, and what a step sends.
+void print_startup(std::ostream& out, const Config& cfg, const comm::Communicator& comm,
+                   const Gpt2Model& model, int threads, size_t train_tokens,
+                   const std::string& fingerprint) {
+  const uint64_t grad_bytes = model.n_trainable() * sizeof(float);
+  const uint64_t full_bytes = full_grad_bytes(cfg.model.shape);
+  const size_t n_total = model.n_base_params() + model.n_lora_params();
+  const long global_batch = cfg.global_batch(comm.size());
+  char line[256];
+  out << "lora: " << cfg.run.name << " | " << train_mode_name(cfg.train.mode) << " | world "
+      << comm.size() << " x " << threads << " threads | comm " << comm.name() << "\n";
+  std::snprintf(line, sizeof line, "lora: params trainable %s of %s (%.3f%%)",
+                human_count(double(model.n_trainable())).c_str(), human_count(double(n_total)).c_str(),
+                100.0 * double(model.n_trainable()) / double(n_total));
+  out << line;
+  if (cfg.train.mode == TrainMode::kLora)
+    out << " | rank " << cfg.lora.rank << " alpha " << cfg.lora.alpha << " scaling "
+        << cfg.lora.scaling() << " on " << model.lora_layout()->modules().size() << " modules";
+  out << "\n";
+  std::snprintf(line, sizeof line,
+                "lora: all-reduce per step %s (%llu bytes) vs %s for full fine-tuning: %.1fx less",
+                human_bytes(double(grad_bytes)).c_str(), static_cast<unsigned long long>(grad_bytes),
+                human_bytes(double(full_bytes)).c_str(), double(full_bytes) / double(grad_bytes));
+  out << line << "\n";
+  out << "lora: global batch " << global_batch << " sequences x " << cfg.data.seq_len << " = "
+      << global_batch * cfg.data.seq_len << " tokens/step | " << train_tokens << " train tokens"
+      << " | base " << fingerprint << std::endl;
+}
+
+// One logged step: the progress line and the metrics.jsonl object carry the same fields.
+struct StepRecord {
+  long step = 0, total_steps = 0;
+  double loss = 0, tokens_per_s = 0, comm_bytes = 0, comm_ms = 0, eta_s = 0, elapsed_s = 0;
+  float lr = 0, grad_norm = 0;
+  uint64_t tokens_seen = 0;
+  bool has_val = false;
+  double val_loss = 0;
+};
+
+std::string progress_line(const StepRecord& r) {
+  char line[512];
+  int n = std::snprintf(line, sizeof line,
+                        "step %ld/%ld | loss %.4f | lr %.2e | %.0f tok/s | comm %s/step, %.2f ms "
+                        "exposed | eta %s",
+                        r.step, r.total_steps, r.loss, r.lr, r.tokens_per_s,
+                        human_bytes(r.comm_bytes).c_str(), r.comm_ms, human_duration(r.eta_s).c_str());
+  if (r.has_val) std::snprintf(line + n, sizeof line - n, " | val %.4f", r.val_loss);
+  return line;
+}
+
+std::string metrics_json(const StepRecord& r) {
+  char json[768];
+  int j = std::snprintf(json, sizeof json,
+                        "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6e, \"tokens_per_s\": %.1f, "
+                        "\"tokens_seen\": %llu, \"comm_bytes_per_step\": %.0f, "
+                        "\"comm_exposed_ms_per_step\": %.4f, \"grad_norm\": %.6f, "
+                        "\"elapsed_s\": %.3f",
+                        r.step, r.loss, r.lr, r.tokens_per_s,
+                        static_cast<unsigned long long>(r.tokens_seen), r.comm_bytes, r.comm_ms,
+                        r.grad_norm, r.elapsed_s);
+  if (r.has_val) j += std::snprintf(json + j, sizeof json - j, ", \"val_loss\": %.6f", r.val_loss);
+  std::snprintf(json + j, sizeof json - j, "}");
+  return json;
+}
+
+}  // namespace
+
 TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptions& opts) {
   const int rank = comm.rank(), world = comm.size();
   const bool lead = rank == 0;
@@ -281,39 +402,12 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   hp.weight_decay = cfg.train.weight_decay;
   AdamW optimizer(model->n_trainable(), hp);
 
-  // ---- resume ----
+  // ---- resume: rank 0 reads the checkpoint, every rank receives what it needs ----
   const std::string ckpt_dir = cfg.checkpoint_dir();
   std::string metrics_so_far;
   ResumeScalars rs;
-  if (lead && opts.resume != ResumeMode::kNone) {
-    std::string path;
-    if (opts.resume == ResumeMode::kAuto) {
-      const CheckpointScan scan = find_latest_checkpoint(ckpt_dir);
-      for (const auto& [p, why] : scan.skipped)
-        out << "lora: resume: skipping invalid checkpoint " << p << ": " << why << "\n";
-      if (scan.latest_valid) path = *scan.latest_valid;
-      else out << "lora: resume: no valid checkpoint in " << ckpt_dir << ", starting fresh\n";
-    } else {
-      path = opts.resume_path;
-    }
-    if (!path.empty()) {
-      CheckpointState c = read_checkpoint(path);
-      check_checkpoint_fits(c, path, *model, cfg);
-      for (const std::string& change : resume_config_changes(c.config_yaml, cfg, path))
-        out << "lora: resume: changed " << change << "\n";
-      LORA_INPUT_CHECK(c.step <= cfg.train.steps, path, ": checkpoint is at step ", c.step,
-                       " but train.steps is ", cfg.train.steps);
-      std::copy(c.params.begin(), c.params.end(), model->trainable_params());
-      optimizer.m() = std::move(c.adam_m);
-      optimizer.v() = std::move(c.adam_v);
-      rs = {1, c.step, static_cast<int64_t>(c.tokens_seen), c.optimizer_step};
-      metrics_so_far = c.metrics_jsonl;
-      out << "lora: resume: from " << path << " at step " << c.step << " (" << c.tokens_seen
-          << " tokens seen, written by a world of " << c.world_size << ")";
-      if (c.world_size != world) out << "; continuing with a world of " << world;
-      out << std::endl;
-    }
-  }
+  if (lead && opts.resume != ResumeMode::kNone)
+    rs = restore_checkpoint(cfg, opts, *model, optimizer, world, out, &metrics_so_far);
   comm.broadcast(&rs, 4, comm::DType::kInt64, 0);
   if (rs.has) {
     comm.broadcast(std::span<float>(model->trainable_params(), model->n_trainable()), 0);
@@ -326,24 +420,7 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   summary.start_step = step;
   long last_checkpoint_step = rs.has ? step : -1;
 
-  // Fail now, not after hours of training, when checkpoints cannot be written.
-  if (lead) {
-    std::error_code ec;
-    fs::create_directories(ckpt_dir, ec);
-    const fs::path probe = fs::path(ckpt_dir) / (".write-test-" + std::to_string(::getpid()));
-    std::ofstream f(probe);
-    const bool ok = !ec && f.is_open() && (f << "x").flush();
-    f.close();
-    fs::remove(probe, ec);
-    LORA_INPUT_CHECK(ok, "checkpoint.dir: cannot write checkpoints to '", ckpt_dir,
-                     "' (expected a writable directory)");
-  }
-
-  {
-    std::error_code ec;
-    fs::create_directories(cfg.run.output_dir, ec);
-    LORA_INPUT_CHECK(!ec, "run.output_dir: cannot create '", cfg.run.output_dir, "': ", ec.message());
-  }
+  prepare_output_dirs(cfg, lead);
   std::ofstream metrics;
   if (lead) {
     std::ofstream(fs::path(cfg.run.output_dir) / "config.yaml") << cfg.resolved_yaml;
@@ -356,30 +433,7 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
                   std::ios::app);
 
   const uint64_t grad_bytes = model->n_trainable() * sizeof(float);
-  if (lead) {
-    const uint64_t full_bytes = full_grad_bytes(cfg.model.shape);
-    char line[256];
-    out << "lora: " << cfg.run.name << " | " << train_mode_name(cfg.train.mode) << " | world "
-        << world << " x " << threads << " threads | comm " << comm.name() << "\n";
-    std::snprintf(line, sizeof line, "lora: params trainable %s of %s (%.3f%%)",
-                  human_count(double(summary.n_trainable)).c_str(),
-                  human_count(double(summary.n_total)).c_str(),
-                  100.0 * double(summary.n_trainable) / double(summary.n_total));
-    out << line;
-    if (cfg.train.mode == TrainMode::kLora)
-      out << " | rank " << cfg.lora.rank << " alpha " << cfg.lora.alpha << " scaling "
-          << cfg.lora.scaling() << " on " << model->lora_layout()->modules().size() << " modules";
-    out << "\n";
-    std::snprintf(line, sizeof line,
-                  "lora: all-reduce per step %s (%llu bytes) vs %s for full fine-tuning: %.1fx less",
-                  human_bytes(double(grad_bytes)).c_str(),
-                  static_cast<unsigned long long>(grad_bytes), human_bytes(double(full_bytes)).c_str(),
-                  double(full_bytes) / double(grad_bytes));
-    out << line << "\n";
-    out << "lora: global batch " << global_batch << " sequences x " << T << " = "
-        << tokens_per_step << " tokens/step | " << train_data.size() << " train tokens"
-        << " | base " << fingerprint << std::endl;
-  }
+  if (lead) print_startup(out, cfg, comm, *model, threads, train_data.size(), fingerprint);
 
   const size_t bucket_elems = std::max<size_t>(
       1, static_cast<size_t>(cfg.comm.bucket_mb * 1024.0 * 1024.0 / sizeof(float)));
@@ -508,25 +562,22 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
       const double eta = dt / window_steps * double(cfg.train.steps - done);
       summary.tokens_per_s = tok_s;
       if (lead) {
-        char line[512];
-        int n = std::snprintf(line, sizeof line,
-                              "step %ld/%ld | loss %.4f | lr %.2e | %.0f tok/s | comm %s/step, "
-                              "%.2f ms exposed | eta %s",
-                              done, cfg.train.steps, loss, lr, tok_s,
-                              human_bytes(bytes_step).c_str(), comm_ms, human_duration(eta).c_str());
-        if (do_eval) std::snprintf(line + n, sizeof line - n, " | val %.4f", val_loss);
-        out << line << std::endl;
-        char json[768];
-        int j = std::snprintf(json, sizeof json,
-                              "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6e, \"tokens_per_s\": %.1f, "
-                              "\"tokens_seen\": %llu, \"comm_bytes_per_step\": %.0f, "
-                              "\"comm_exposed_ms_per_step\": %.4f, \"grad_norm\": %.6f, "
-                              "\"elapsed_s\": %.3f",
-                              done, loss, lr, tok_s, static_cast<unsigned long long>(tokens_seen),
-                              bytes_step, comm_ms, grad_norm, seconds_since(t_start));
-        if (do_eval) j += std::snprintf(json + j, sizeof json - j, ", \"val_loss\": %.6f", val_loss);
-        std::snprintf(json + j, sizeof json - j, "}");
-        metrics << json << "\n" << std::flush;
+        StepRecord r;
+        r.step = done;
+        r.total_steps = cfg.train.steps;
+        r.loss = loss;
+        r.lr = lr;
+        r.tokens_per_s = tok_s;
+        r.tokens_seen = tokens_seen;
+        r.comm_bytes = bytes_step;
+        r.comm_ms = comm_ms;
+        r.grad_norm = grad_norm;
+        r.eta_s = eta;
+        r.elapsed_s = seconds_since(t_start);
+        r.has_val = do_eval;
+        r.val_loss = val_loss;
+        out << progress_line(r) << std::endl;
+        metrics << metrics_json(r) << "\n" << std::flush;
       }
       if (rank_log.is_open())
         rank_log << "step " << done << " loss " << loss << " grad_norm " << grad_norm << std::endl;

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/common/temp_dir.h"
+
 namespace lora::testing {
 
 struct CommandResult {
@@ -85,24 +87,25 @@ inline std::string mpirun(int np) {
          std::to_string(np) + " -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1";
 }
 
-class ScratchDir {
+// A scratch directory for one test, named after it (see tests/common/temp_dir.h).
+class ScratchDir : public TempDir {
  public:
-  explicit ScratchDir(const std::string& tag) {
-    path_ = std::filesystem::temp_directory_path() /
-            ("lora_test_" + tag + "_" + std::to_string(::getpid()));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
+  explicit ScratchDir(const std::string& tag) : TempDir("lora_test_" + tag) {}
 };
+
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+// How many times needle occurs in text (overlapping occurrences count).
+inline size_t count(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t p = text.find(needle); p != std::string::npos; p = text.find(needle, p + 1)) ++n;
+  return n;
+}
 
 inline void write_file(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;

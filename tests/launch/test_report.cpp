@@ -24,18 +24,8 @@ using testing::run_command;
 using testing::ScratchDir;
 using testing::write_file;
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
-
-size_t count(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t p = text.find(needle); p != std::string::npos; p = text.find(needle, p + 1)) ++n;
-  return n;
-}
+using testing::count;
+using testing::read_text;
 
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;

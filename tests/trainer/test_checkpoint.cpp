@@ -3,6 +3,8 @@
 // corrupted data), write failures (unwritable directory, disk full) and SIGKILL during writes, and
 // interoperability with h5py and h5dump.
 #include <gtest/gtest.h>
+
+#include "tests/common/temp_dir.h"
 #include <hdf5.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -30,23 +32,9 @@ using namespace lora;
 
 namespace {
 
-class TempDir {
+class TempDir : public lora::testing::TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "lora_ckpt_test_XXXXXX").string();
-    char* p = ::mkdtemp(tmpl.data());
-    if (p == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& str() const { return path_; }
-
- private:
-  std::string path_;
+  TempDir() : lora::testing::TempDir("lora_ckpt_test") {}
 };
 
 // Floats covering the awkward cases (signed zero, subnormal, huge, tiny) plus hashed values.

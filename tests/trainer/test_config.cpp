@@ -4,6 +4,9 @@
 // the resolved-YAML round trip.
 #include <gtest/gtest.h>
 
+#include "tests/common/input_error.h"
+#include "tests/common/temp_dir.h"
+
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -26,47 +29,19 @@ namespace {
 const fs::path kBadConfigs = fs::path(LORA_TEST_DATA) / "bad_configs";
 
 // A fresh directory under the system temp dir, removed with everything in it at scope exit.
-class TempDir {
+class TempDir : public lora::testing::TempDir {
  public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    path_ = fs::temp_directory_path() /
-            ("lora_test_config_" + std::to_string(::getpid()) + "_" + std::to_string(stamp) + "_" +
-             std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
+  TempDir() : lora::testing::TempDir("lora_test_config") {}
   // Writes `text` to path()/rel (creating folders) and returns the full path.
   std::string write(const std::string& rel, const std::string& text) const {
-    const fs::path p = path_ / rel;
+    const fs::path p = path() / rel;
     fs::create_directories(p.parent_path());
     std::ofstream(p, std::ios::binary) << text;
     return p.string();
   }
-
- private:
-  fs::path path_;
 };
 
-// Runs `fn`, expects lora::InputError, returns its message.
-template <typename Fn>
-std::string input_error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const lora::InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected lora::InputError, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected lora::InputError, nothing was thrown";
-  return "";
-}
+using lora::testing::input_error_of;
 
 std::string normal(const fs::path& p) { return fs::absolute(p).lexically_normal().string(); }
 

@@ -3,6 +3,9 @@
 // range, independence from world size) and the one-token shift between inputs and targets.
 #include <gtest/gtest.h>
 
+#include "tests/common/input_error.h"
+#include "tests/common/temp_dir.h"
+
 #include <unistd.h>
 
 #include <atomic>
@@ -22,21 +25,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class TempDir {
+class TempDir : public lora::testing::TempDir {
  public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    path_ = fs::temp_directory_path() /
-            ("lora_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(stamp) + "_" +
-             std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  TempDir() : lora::testing::TempDir("lora_test_data") {}
+  std::string file(const std::string& name) const { return (path() / name).string(); }
   std::string write_bytes(const std::string& name, const std::vector<unsigned char>& bytes) const {
     const std::string p = file(name);
     std::ofstream f(p, std::ios::binary);
@@ -46,9 +38,6 @@ class TempDir {
   std::string write_text(const std::string& name, const std::string& text) const {
     return write_bytes(name, std::vector<unsigned char>(text.begin(), text.end()));
   }
-
- private:
-  fs::path path_;
 };
 
 std::vector<unsigned char> read_bytes(const std::string& path) {
@@ -86,19 +75,7 @@ std::vector<uint16_t> ramp(size_t n, int mod) {
   return t;
 }
 
-template <typename Fn>
-std::string input_error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const lora::InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected lora::InputError, got: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected lora::InputError, nothing was thrown";
-  return "";
-}
+using lora::testing::input_error_of;
 
 // ---- loading ---------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-bash scripts/build.sh
+LORA_BUILD_TARGETS=lora bash scripts/build.sh
 lora=build/lora
 
 corpus=/usr/share/games/fortunes

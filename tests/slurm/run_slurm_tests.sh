@@ -202,10 +202,10 @@ wait_for_step() {
 
 # case_preempt_with NAME LAUNCHER SECOND: the second signal goes to the job steps (SECOND=steps,
 # `scancel --signal=USR1`) or again to the batch shell (SECOND=batch, `scancel --batch`).
-case_preempt_with() {
-  local name=$1 launcher=$2 second=$3 steps=1200
-  local run=$work/runs/$name
-  reference "$work/long.yaml" ref-long
+# Submits the long training job NAME (output dir RUN, launcher LAUNCHER) with `sbatch --wait` in
+# the background; sets job_log, sbatch_pid and job_id.
+submit_long_job() {
+  local name=$1 run=$2 launcher=$3
   job_log=$work/logs/$name.out
   CONFIG=$work/long.yaml LORA=$lora LAUNCHER=$launcher EXTRA_ARGS="--set run.output_dir=$run" MAX_RESTARTS=3 \
     timeout "$kJobTimeout" sbatch --wait --parsable --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10 \
@@ -219,6 +219,13 @@ case_preempt_with() {
     sleep 0.05
   done
   [[ -n $job_id ]] || { show_job "$name"; fail "$name: no job id from sbatch"; }
+}
+
+case_preempt_with() {
+  local name=$1 launcher=$2 second=$3 steps=1200
+  local run=$work/runs/$name
+  reference "$work/long.yaml" ref-long
+  submit_long_job "$name" "$run" "$launcher"
 
   # 1: the batch shell gets SIGUSR1, as with #SBATCH --signal=B:USR1@90 at the time limit.
   wait_for_step "$run" 5 || { show_job "$name"; fail "$name: the job never reached step 5"; }
@@ -284,19 +291,7 @@ case_preempt() { case_preempt_with preempt srun-pmix steps; }
 case_cancel() {
   local name=cancel steps=1200
   local run=$work/runs/$name
-  job_log=$work/logs/$name.out
-  CONFIG=$work/long.yaml LORA=$lora EXTRA_ARGS="--set run.output_dir=$run" MAX_RESTARTS=3 \
-    timeout "$kJobTimeout" sbatch --wait --parsable --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --time=10 \
-    --job-name="lora-$name" --output="$job_log" --export=ALL "$src/slurm/train-cpu.sbatch" \
-    >"$work/logs/$name.sbatch" 2>&1 &
-  sbatch_pid=$!
-  job_id=""
-  for _ in $(seq 1 200); do
-    job_id=$(grep -m1 -E '^[0-9]+' "$work/logs/$name.sbatch" 2>/dev/null | cut -d';' -f1)
-    [[ -n $job_id ]] && break
-    sleep 0.05
-  done
-  [[ -n $job_id ]] || { show_job "$name"; fail "$name: no job id from sbatch"; }
+  submit_long_job "$name" "$run" auto
   wait_for_step "$run" 5 || { show_job "$name"; fail "$name: the job never reached step 5"; }
   scancel "$job_id" || fail "$name: scancel failed"
   echo "cancelled job $job_id at step $(last_step "$run") ($(elapsed))"

@@ -9,7 +9,7 @@ packages=(
   libhdf5-dev hdf5-tools
   libopenmpi-dev openmpi-bin
   googletest libgtest-dev
-  python3 python3-torch python3-numpy python3-h5py
+  python3 python3-torch python3-numpy python3-h5py python3-venv python3-pip
   fortunes fortunes-min
   slurmctld slurmd slurm-client munge  # tests/slurm starts its own one-node cluster with these
 )
@@ -30,3 +30,6 @@ if ((${#missing[@]})); then
 else
   echo "setup: all packages present"
 fi
+
+# The reference-test environment (transformers, tokenizers, PEFT) in .venv/.
+bash "$(dirname "$0")/setup_python.sh"

@@ -30,15 +30,6 @@ namespace {
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 constexpr size_t kConvertChunk = 1 << 16;  // elements per read when converting F16/BF16
 
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 std::string errno_string(int err) { return std::strerror(err); }
 
 float half_to_float(uint16_t h) {
@@ -71,6 +62,15 @@ bool as_uint(const json::Value& v, uint64_t* out) {
 }
 
 }  // namespace
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
 
 size_t safetensors_dtype_bytes(const std::string& dtype) {
   static const std::unordered_map<std::string, size_t> kBytes = {
@@ -392,175 +392,6 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
     ::fsync(dir_fd);
     ::close(dir_fd);
   }
-}
-
-// ---- GPT-2 ----
-
-namespace {
-
-constexpr std::string_view kTransformerPrefix = "transformer.";
-
-// "h.12.attn.bias" -> 12 with rest "attn.bias"; false for names not of the form h.{i}.rest.
-bool split_block_name(std::string_view name, int* layer, std::string_view* rest) {
-  if (name.substr(0, 2) != "h.") return false;
-  size_t i = 2;
-  int value = 0;
-  while (i < name.size() && name[i] >= '0' && name[i] <= '9') {
-    if (value > (INT_MAX - 9) / 10) return false;
-    value = value * 10 + (name[i] - '0');
-    ++i;
-  }
-  if (i == 2 || i >= name.size() || name[i] != '.') return false;
-  if (i > 3 && name[2] == '0') return false;  // no leading zeros: "h.01" is not block 1
-  *layer = value;
-  *rest = name.substr(i + 1);
-  return true;
-}
-
-// Tensors a Hugging Face GPT-2 checkpoint may hold that our model does not take: the causal
-// mask buffers (recomputed, not learned) and the LM head (tied to wte).
-bool is_ignored_gpt2_tensor(std::string_view name) {
-  if (name == "lm_head.weight") return true;
-  int layer = 0;
-  std::string_view rest;
-  return split_block_name(name, &layer, &rest) &&
-         (rest == "attn.bias" || rest == "attn.masked_bias");
-}
-
-// The file's tensors under their names without the "transformer." prefix.
-struct Gpt2Index {
-  explicit Gpt2Index(const std::string& path) : file(path) {
-    for (const auto& t : file.tensors()) {
-      std::string_view name = t.name;
-      if (name.substr(0, kTransformerPrefix.size()) == kTransformerPrefix)
-        name.remove_prefix(kTransformerPrefix.size());
-      const auto [it, inserted] = by_name.emplace(std::string(name), &t);
-      LORA_INPUT_CHECK(inserted, path, ": tensor '", name, "' appears twice (as '",
-                       it->second->name, "' and '", t.name, "')");
-    }
-  }
-  const SafetensorsTensor* find(const std::string& name) const {
-    const auto it = by_name.find(name);
-    return it == by_name.end() ? nullptr : it->second;
-  }
-
-  SafetensorsFile file;
-  std::map<std::string, const SafetensorsTensor*> by_name;
-};
-
-int dim_as_int(const std::string& path, const SafetensorsTensor& t, size_t axis) {
-  const int64_t d = t.shape[axis];
-  LORA_INPUT_CHECK(d > 0 && d <= INT_MAX, path, ": tensor '", t.name, "': dimension ", axis,
-                   " of shape ", shape_string(t.shape), " is not a positive int");
-  return static_cast<int>(d);
-}
-
-ModelShape infer_shape(const Gpt2Index& index, int n_head) {
-  const std::string& path = index.file.path();
-  ModelShape s;
-  const SafetensorsTensor* wte = index.find("wte.weight");
-  const SafetensorsTensor* wpe = index.find("wpe.weight");
-  LORA_INPUT_CHECK(wte, path, ": missing tensor 'wte.weight': not a GPT-2 weights file");
-  LORA_INPUT_CHECK(wpe, path, ": missing tensor 'wpe.weight': not a GPT-2 weights file");
-  LORA_INPUT_CHECK(wte->shape.size() == 2, path, ": tensor '", wte->name,
-                   "': expected 2 dimensions [vocab_size, d_model], got ",
-                   shape_string(wte->shape));
-  LORA_INPUT_CHECK(wpe->shape.size() == 2, path, ": tensor '", wpe->name,
-                   "': expected 2 dimensions [max_seq_len, d_model], got ",
-                   shape_string(wpe->shape));
-  s.vocab_size = dim_as_int(path, *wte, 0);
-  s.d_model = dim_as_int(path, *wte, 1);
-  s.max_seq_len = dim_as_int(path, *wpe, 0);
-  LORA_INPUT_CHECK(wpe->shape[1] == s.d_model, path, ": tensor '", wpe->name, "': expected shape [",
-                   s.max_seq_len, ", ", s.d_model, "] (d_model from '", wte->name, "'), got ",
-                   shape_string(wpe->shape));
-  int max_layer = -1;
-  for (const auto& [name, t] : index.by_name) {
-    int layer = 0;
-    std::string_view rest;
-    if (split_block_name(name, &layer, &rest)) max_layer = std::max(max_layer, layer);
-  }
-  LORA_INPUT_CHECK(max_layer >= 0, path, ": no block tensors 'h.{i}.*': not a GPT-2 weights file");
-  s.n_layer = max_layer + 1;
-  s.n_head = n_head;
-  const auto it = index.file.metadata().find("n_head");
-  if (it != index.file.metadata().end()) {
-    int value = 0;
-    const std::string& text = it->second;
-    const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    LORA_INPUT_CHECK(ec == std::errc() && ptr == text.data() + text.size() && value > 0, path,
-                     ": __metadata__ \"n_head\": expected a positive integer, got \"", text, "\"");
-    s.n_head = value;
-  }
-  return s;
-}
-
-void check_shape(const Gpt2Index& index, const ModelShape& expected) {
-  const ModelShape got = infer_shape(index, 0);
-  std::string diffs;
-  auto compare = [&](const char* key, int want, int have) {
-    if (want == have) return;
-    if (!diffs.empty()) diffs += "; ";
-    diffs += detail::concat("model.", key, ": config says ", want, ", weights file has ", have);
-  };
-  compare("vocab_size", expected.vocab_size, got.vocab_size);
-  compare("max_seq_len", expected.max_seq_len, got.max_seq_len);
-  compare("n_layer", expected.n_layer, got.n_layer);
-  compare("d_model", expected.d_model, got.d_model);
-  if (got.n_head > 0) compare("n_head", expected.n_head, got.n_head);
-  LORA_INPUT_CHECK(diffs.empty(), index.file.path(),
-                   ": weights do not match the model config: ", diffs);
-}
-
-}  // namespace
-
-ModelShape infer_gpt2_shape(const std::string& path, int n_head) {
-  return infer_shape(Gpt2Index(path), n_head);
-}
-
-void check_gpt2_shape(const std::string& path, const ModelShape& expected) {
-  check_shape(Gpt2Index(path), expected);
-}
-
-void load_gpt2_weights(const std::string& path, const Gpt2Layout& layout, float* params) {
-  LORA_CHECK(params != nullptr, "null parameter buffer");
-  const Gpt2Index index(path);
-  check_shape(index, layout.shape());
-  for (const TensorInfo& info : layout.tensors()) {
-    const SafetensorsTensor* t = index.find(info.name);
-    LORA_INPUT_CHECK(t, path, ": missing tensor '", info.name, "' (expected shape ",
-                     shape_string(info.shape), ")");
-    LORA_INPUT_CHECK(t->shape == info.shape, path, ": tensor '", t->name, "': expected shape ",
-                     shape_string(info.shape), ", got ", shape_string(t->shape));
-  }
-  for (const auto& [name, t] : index.by_name) {
-    LORA_INPUT_CHECK(layout.find(name) || is_ignored_gpt2_tensor(name), path,
-                     ": unexpected tensor '", t->name,
-                     "' (not part of a GPT-2 model with n_layer=", layout.shape().n_layer, ")");
-  }
-  for (const TensorInfo& info : layout.tensors())
-    index.file.read_f32(*index.find(info.name), params + info.offset);
-}
-
-void save_gpt2_weights(const std::string& path, const Gpt2Layout& layout, const float* params,
-                       const std::map<std::string, std::string>& metadata) {
-  LORA_CHECK(params != nullptr, "null parameter buffer");
-  const ModelShape& s = layout.shape();
-  std::map<std::string, std::string> meta = {
-      {"format", "pt"},
-      {"arch", "gpt2"},
-      {"n_head", std::to_string(s.n_head)},
-      {"n_layer", std::to_string(s.n_layer)},
-      {"d_model", std::to_string(s.d_model)},
-      {"vocab_size", std::to_string(s.vocab_size)},
-      {"max_seq_len", std::to_string(s.max_seq_len)},
-  };
-  for (const auto& [k, v] : metadata) meta[k] = v;
-  std::vector<SafetensorsWriteTensor> tensors;
-  tensors.reserve(layout.tensors().size());
-  for (const TensorInfo& info : layout.tensors())
-    tensors.push_back({info.name, info.shape, params + info.offset});
-  write_safetensors(path, tensors, meta);
 }
 
 }  // namespace lora

@@ -22,7 +22,7 @@ namespace {
 constexpr int kExitSignal = 75;       // stopped by SIGTERM/SIGUSR1 after a checkpoint
 constexpr int kExitInterrupted = 130; // stopped by Ctrl-C after a checkpoint
 
-std::unique_ptr<Gpt2Model> model_for_inference(const Config& cfg, const std::string& adapter) {
+std::unique_ptr<Model> model_for_inference(const Config& cfg, const std::string& adapter) {
   configure_threads(cfg.device.threads);
   auto model = build_model(cfg);
   if (!adapter.empty()) load_checkpoint_weights(*model, cfg, adapter);
@@ -77,7 +77,7 @@ int run_eval(World& world, const std::string& config, const std::vector<std::str
   LORA_INPUT_CHECK(!cfg.data.val.empty(), config, ": data.val: `lora eval` needs validation data");
   comm::Communicator& comm = world.communicator(cfg.comm.backend);
   auto model = model_for_inference(cfg, adapter);
-  const TokenStream val(cfg.data.val, cfg.data.format, cfg.model.shape.vocab_size, cfg.data.seq_len);
+  const TokenStream val(cfg.data.val, cfg.data.format, cfg.model.spec.vocab_size, cfg.data.seq_len);
   const double loss = evaluate(*model, val, cfg, comm);
   if (world.rank() == 0) {
     char line[256];
@@ -95,7 +95,7 @@ int run_generate(World& world, const GenerateArgs& args) {
   LORA_INPUT_CHECK(args.temperature >= 0.0f, "--temperature: expected >= 0, got ", args.temperature);
   if (world.rank() != 0) return 0;  // generation is a single-process job
   auto model = model_for_inference(cfg, args.adapter);
-  const int V = cfg.model.shape.vocab_size, max_t = cfg.model.shape.max_seq_len;
+  const int V = cfg.model.spec.vocab_size, max_t = cfg.model.spec.max_seq_len;
   const bool text = cfg.data.format == DataFormat::kText;
 
   std::vector<int32_t> context;

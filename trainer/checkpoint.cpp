@@ -22,11 +22,13 @@
 #include <ctime>
 #include <filesystem>
 #include <iomanip>
+#include <optional>
 #include <sstream>
 #include <system_error>
 
 #include "core/error.h"
-#include "core/model/gpt2_layout.h"
+#include "core/model/base_layout.h"
+#include "core/hash.h"
 #include "core/rng.h"
 
 namespace lora {
@@ -36,42 +38,12 @@ namespace fs = std::filesystem;
 
 constexpr const char* kFormatName = "lora-checkpoint";
 
-// ---- hashing ---------------------------------------------------------------------------------
-
-// 64-bit hash of a byte range: four independent SplitMix64 lanes over 8-byte words (so the
-// multiplications of neighbouring words overlap), folded together with the length.
-uint64_t hash_bytes(const void* data, size_t n_bytes, uint64_t seed) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t h0 = mix64(seed), h1 = mix64(seed + 1), h2 = mix64(seed + 2), h3 = mix64(seed + 3);
-  size_t i = 0;
-  for (; i + 32 <= n_bytes; i += 32) {
-    uint64_t w[4];
-    std::memcpy(w, p + i, 32);
-    h0 = mix64(h0 ^ w[0]);
-    h1 = mix64(h1 ^ w[1]);
-    h2 = mix64(h2 ^ w[2]);
-    h3 = mix64(h3 ^ w[3]);
-  }
-  if (i < n_bytes) {
-    uint64_t w[4] = {0, 0, 0, 0};
-    std::memcpy(w, p + i, n_bytes - i);
-    h0 = mix64(h0 ^ w[0]);
-    h1 = mix64(h1 ^ w[1]);
-    h2 = mix64(h2 ^ w[2]);
-    h3 = mix64(h3 ^ w[3]);
-  }
-  return hash_u64(h0 ^ static_cast<uint64_t>(n_bytes), h1, h2, h3);
-}
-
-std::string hex64(uint64_t h) {
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
+// ---- hashing (core/hash.h) -------------------------------------------------------------------
 
 // The checksum stored in the file: covers every field of the state (strings and scalars included,
 // so a damaged config or seed is caught like a damaged tensor), with created_utc as written.
-std::string state_checksum(const CheckpointState& s, const std::string& created_utc) {
+std::string state_checksum(const CheckpointState& s, const std::string& created_utc,
+                           const std::string* spec_json) {
   std::string fields;
   auto put_string = [&](const std::string& v) {
     const uint64_t n = v.size();
@@ -79,14 +51,16 @@ std::string state_checksum(const CheckpointState& s, const std::string& created_
     fields += v;
   };
   auto put = [&](const auto& v) { fields.append(reinterpret_cast<const char*>(&v), sizeof(v)); };
-  for (const std::string* str : {&s.base_fingerprint, &s.arch, &s.config_yaml, &created_utc,
+  for (const std::string* str : {&s.base_fingerprint, &s.spec.arch, &s.config_yaml, &created_utc,
                                  &s.metrics_jsonl}) {
     put_string(*str);
   }
+  // Version 2 adds the whole spec; a version 1 file's checksum covers what it always did.
+  if (spec_json != nullptr) put_string(*spec_json);
   put(static_cast<int64_t>(s.step));
   put(s.tokens_seen);
   put(static_cast<int64_t>(s.world_size));
-  for (int d : {s.shape.vocab_size, s.shape.max_seq_len, s.shape.n_layer, s.shape.n_head, s.shape.d_model}) {
+  for (int d : {s.spec.vocab_size, s.spec.max_seq_len, s.spec.n_layer, s.spec.n_head, s.spec.d_model}) {
     put(static_cast<int64_t>(d));
   }
   put(static_cast<int64_t>(s.mode == TrainMode::kFull ? 1 : 0));
@@ -219,10 +193,10 @@ struct FileLayout {
   size_t n_params = 0;
 };
 
-// Throws InputError from Gpt2Layout / LoraLayout for an invalid shape or spec.
+// Throws InputError from BaseLayout / LoraLayout for an invalid spec.
 FileLayout file_layout(const CheckpointState& s) {
   FileLayout f;
-  Gpt2Layout base(s.shape);
+  BaseLayout base(s.spec);
   if (s.mode == TrainMode::kFull) {
     f.groups = {"/base", "/optimizer", "/optimizer/base"};
     for (const TensorInfo& t : base.tensors()) {
@@ -240,11 +214,11 @@ FileLayout file_layout(const CheckpointState& s) {
     f.n_params = base.n_params();
     return f;
   }
-  LoraLayout layout(s.shape, s.lora);
+  LoraLayout layout(s.spec, s.lora);
   f.groups = {"/adapters", "/optimizer"};
   for (const LoraModule& m : layout.modules()) {
-    const std::string ga = "/adapters/" + m.name();
-    const std::string go = "/optimizer/" + m.name();
+    const std::string ga = "/adapters/" + m.name;
+    const std::string go = "/optimizer/" + m.name;
     f.groups.push_back(ga);
     f.groups.push_back(go);
     TensorEntry a;
@@ -270,11 +244,11 @@ FileLayout file_layout(const CheckpointState& s) {
 
 std::string mode_name(TrainMode m) { return m == TrainMode::kFull ? "full" : "lora"; }
 
-std::string targets_string(const std::vector<LoraTarget>& targets) {
+std::string targets_string(const std::vector<LoraTarget>& targets, const ModelSpec& spec) {
   std::string out;
   for (size_t i = 0; i < targets.size(); ++i) {
     if (i > 0) out += ',';
-    out += lora_target_name(targets[i]);
+    out += lora_target_name(targets[i], spec);
   }
   return out;
 }
@@ -454,6 +428,7 @@ class Writer {
                   H5Fclose);
     const hid_t f = file.get();
     const std::string created_utc = utc_now_iso8601();
+    const std::string spec_json = spec_to_json(s.spec);
     {
       H5Handle root = open_group(f, "/");
       const hid_t r = root.get();
@@ -463,15 +438,16 @@ class Writer {
       attr_u64(r, "tokens_seen", s.tokens_seen);
       attr_i64(r, "world_size", s.world_size);
       attr_string(r, "base_fingerprint", s.base_fingerprint);
-      attr_string(r, "arch", s.arch);
+      attr_string(r, "arch", s.spec.arch);
       attr_string(r, "created_utc", created_utc);
       attr_string(r, "config_yaml", s.config_yaml);
       attr_string(r, "mode", mode_name(s.mode));
-      attr_i64(r, "vocab_size", s.shape.vocab_size);
-      attr_i64(r, "max_seq_len", s.shape.max_seq_len);
-      attr_i64(r, "n_layer", s.shape.n_layer);
-      attr_i64(r, "n_head", s.shape.n_head);
-      attr_i64(r, "d_model", s.shape.d_model);
+      attr_i64(r, "vocab_size", s.spec.vocab_size);
+      attr_i64(r, "max_seq_len", s.spec.max_seq_len);
+      attr_i64(r, "n_layer", s.spec.n_layer);
+      attr_i64(r, "n_head", s.spec.n_head);
+      attr_i64(r, "d_model", s.spec.d_model);
+      attr_string(r, "model_spec", spec_json);
     }
     for (const std::string& g : layout.groups) group(f, g);
     if (s.mode == TrainMode::kLora) {
@@ -481,7 +457,7 @@ class Writer {
       attr_f32(a, "alpha", s.lora.alpha);
       attr_f32(a, "dropout", s.lora.dropout);
       attr_i32(a, "rslora", s.lora.rslora ? 1 : 0);
-      attr_string(a, "targets", targets_string(s.lora.targets));
+      attr_string(a, "targets", targets_string(s.lora.targets, s.spec));
       attr_string(a, "init_a", std::string(lora_init_a_name(s.lora.init_a)));
       attr_string(a, "init_b", std::string(lora_init_b_name(s.lora.init_b)));
       for (const std::string& g : layout.groups) {
@@ -519,7 +495,7 @@ class Writer {
     string_dataset(f, "/trainer/metrics_jsonl", s.metrics_jsonl);
     {
       H5Handle root = open_group(f, "/");
-      attr_string(root.get(), "checksum", state_checksum(s, created_utc));
+      attr_string(root.get(), "checksum", state_checksum(s, created_utc, &spec_json));
       // Written last: a file without it was not finished.
       attr_i32(root.get(), "complete", 1);
     }
@@ -802,9 +778,9 @@ class Reader {
       fail("not a lora checkpoint (format is '" + format + "', expected '" + kFormatName + "')");
     }
     const int64_t version = attr_i64(r, "format_version");
-    if (version != kCheckpointFormatVersion) {
-      fail("format_version " + std::to_string(version) + " is not supported (this build reads version " +
-           std::to_string(kCheckpointFormatVersion) + ")");
+    if (version < 1 || version > kCheckpointFormatVersion) {
+      fail("format_version " + std::to_string(version) + " is not supported (this build reads "
+           "versions 1 to " + std::to_string(kCheckpointFormatVersion) + ")");
     }
     if (H5Aexists(r, "complete") <= 0 || attr_i64(r, "complete") != 1) {
       fail("incomplete file (no 'complete' flag: the write did not finish)");
@@ -816,7 +792,7 @@ class Reader {
     s.tokens_seen = attr_u64(r, "tokens_seen");
     s.world_size = attr_int(r, "world_size", 1, 1 << 24);
     s.base_fingerprint = attr_string(r, "base_fingerprint");
-    s.arch = attr_string(r, "arch");
+    const std::string arch = attr_string(r, "arch");
     s.created_utc = attr_string(r, "created_utc");
     s.config_yaml = attr_string(r, "config_yaml");
     const std::string mode = attr_string(r, "mode");
@@ -828,11 +804,27 @@ class Reader {
       fail("attribute 'mode' = '" + mode + "': expected 'lora' or 'full'");
     }
     constexpr int64_t kMaxDim = 1 << 30;
-    s.shape.vocab_size = attr_int(r, "vocab_size", 1, kMaxDim);
-    s.shape.max_seq_len = attr_int(r, "max_seq_len", 1, kMaxDim);
-    s.shape.n_layer = attr_int(r, "n_layer", 1, kMaxDim);
-    s.shape.n_head = attr_int(r, "n_head", 1, kMaxDim);
-    s.shape.d_model = attr_int(r, "d_model", 1, kMaxDim);
+    std::optional<std::string> spec_json;
+    if (version >= 2) {
+      spec_json = attr_string(r, "model_spec");
+      try {
+        s.spec = spec_from_json(*spec_json, "attribute 'model_spec'");
+      } catch (const InputError& e) {
+        fail(e.what());
+      }
+      if (s.spec.arch != arch) fail("attribute 'arch' = '" + arch + "' disagrees with 'model_spec'");
+    } else {
+      // Written before the model family: a GPT-2 model.
+      if (arch != "gpt2") fail("attribute 'arch' = '" + arch + "': expected gpt2 in a version 1 file");
+      s.spec = family_spec("gpt2", ModelSpec{});
+    }
+    s.spec.vocab_size = attr_int(r, "vocab_size", 1, kMaxDim);
+    s.spec.max_seq_len = attr_int(r, "max_seq_len", 1, kMaxDim);
+    s.spec.n_layer = attr_int(r, "n_layer", 1, kMaxDim);
+    s.spec.n_head = attr_int(r, "n_head", 1, kMaxDim);
+    s.spec.d_model = attr_int(r, "d_model", 1, kMaxDim);
+    if (version >= 2 && spec_to_json(s.spec) != *spec_json)
+      fail("the size attributes on '/' disagree with 'model_spec'");
 
     if (s.mode == TrainMode::kLora) {
       H5Handle adapters = open_group(f, "/adapters");
@@ -846,7 +838,7 @@ class Reader {
       std::stringstream ts(targets);
       std::string name;
       while (std::getline(ts, name, ',')) {
-        auto t = parse_lora_target(name);
+        auto t = parse_lora_target(name, s.spec);
         if (!t) fail("attribute 'targets' on '/adapters': unknown target '" + name + "'");
         s.lora.targets.push_back(*t);
       }
@@ -905,7 +897,7 @@ class Reader {
     s.metrics_jsonl = read_string_dataset(f, "/trainer/metrics_jsonl");
 
     const std::string stored = attr_string(r, "checksum");
-    const std::string actual = state_checksum(s, s.created_utc);
+    const std::string actual = state_checksum(s, s.created_utc, spec_json ? &*spec_json : nullptr);
     if (stored != actual) {
       fail("checksum mismatch (stored " + stored + ", computed " + actual +
            "): the file's data is corrupted");
@@ -1069,9 +1061,7 @@ void prune_checkpoints(const std::string& dir, int keep) {
   }
 }
 
-std::string base_fingerprint(const float* base, size_t n) {
-  return hex64(hash_bytes(base, n * sizeof(float), static_cast<uint64_t>(n)));
-}
+std::string base_fingerprint(const float* base, size_t n) { return fingerprint_floats(base, n); }
 
 std::string describe_checkpoint(const std::string& path) {
   const CheckpointState s = read_checkpoint(path);
@@ -1084,9 +1074,10 @@ std::string describe_checkpoint(const std::string& path) {
   os << "  world_size:   " << s.world_size << "\n";
   os << "  base:         fingerprint " << (s.base_fingerprint.empty() ? "(none)" : s.base_fingerprint)
      << "\n";
-  os << "  model:        " << s.arch << " vocab_size=" << s.shape.vocab_size
-     << " max_seq_len=" << s.shape.max_seq_len << " n_layer=" << s.shape.n_layer
-     << " n_head=" << s.shape.n_head << " d_model=" << s.shape.d_model << "\n";
+  os << "  model:        " << s.spec.arch << " vocab_size=" << s.spec.vocab_size
+     << " max_seq_len=" << s.spec.max_seq_len << " n_layer=" << s.spec.n_layer
+     << " n_head=" << s.spec.n_head << " d_model=" << s.spec.d_model << "\n";
+  os << "                " << describe_spec(s.spec) << "\n";
   os << "  mode:         " << mode_name(s.mode) << "\n";
   const FileLayout layout = file_layout(s);
   os << std::setprecision(6);
@@ -1094,7 +1085,7 @@ std::string describe_checkpoint(const std::string& path) {
     os << "  lora:         rank=" << s.lora.rank << " alpha=" << s.lora.alpha
        << " scaling=" << s.lora.scaling() << " rslora=" << (s.lora.rslora ? "true" : "false")
        << " dropout=" << s.lora.dropout << "\n";
-    os << "                targets=" << targets_string(s.lora.targets)
+    os << "                targets=" << targets_string(s.lora.targets, s.spec)
        << " init_a=" << lora_init_a_name(s.lora.init_a) << " init_b=" << lora_init_b_name(s.lora.init_b)
        << "\n";
     os << "  adapters:     " << layout.tensors.size() / 2 << " modules, " << layout.n_params

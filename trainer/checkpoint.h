@@ -1,21 +1,27 @@
 // Checkpoints: everything needed to resume a run, in one HDF5 file per checkpoint (DESIGN.md s. 4).
 //
 // File layout (readable by h5py and h5dump; strings are variable-length UTF-8):
-//   /                         attrs: format="lora-checkpoint", format_version=1, step, tokens_seen,
+//   /                         attrs: format="lora-checkpoint", format_version=2, step, tokens_seen,
 //                             world_size, base_fingerprint, arch, created_utc (ISO 8601), config_yaml,
 //                             mode ("lora"|"full"), vocab_size, max_seq_len, n_layer, n_head, d_model,
-//                             checksum (hex hash of params, moments and rng states), complete=1 (last)
+//                             model_spec (the whole ModelSpec as JSON: n_kv_head, d_ff, norm, RoPE,
+//                             MLP, biases, tied head, ...), checksum (hex hash of every field, params,
+//                             moments and rng states), complete=1 (written last)
 //   lora mode:
 //   /adapters                 attrs: rank, alpha, dropout, rslora, targets ("attn.qkv,attn.proj"),
 //                             init_a, init_b
-//   /adapters/<module>/A      float32 [d_in, r]    <module> = h.{l}.attn.c_attn style (LoraModule::name)
+//   /adapters/<module>/A      float32 [d_in, r]    <module> = the Hugging Face module path (LoraModule::name):
+//                                                  h.{l}.attn.c_attn, model.layers.{l}.self_attn.q_proj
 //   /adapters/<module>/B      float32 [r, d_out]   group attrs: rank, alpha, scaling
 //   /optimizer/<module>/{A_m, A_v, B_m, B_v}       AdamW moments, same shapes as A and B
 //   full mode (no /adapters):
-//   /base/<tensor>            float32, Hugging Face GPT-2 name and shape (Gpt2Layout::tensors())
+//   /base/<tensor>            float32, Hugging Face name and shape (BaseLayout::tensors())
 //   /optimizer/base/<tensor>/{m, v}
 //   both:
 //   /optimizer                attrs: step, beta1, beta2, eps, weight_decay
+// Version 1 files (written before the model family existed) have no model_spec: they are GPT-2
+// models, read with GPT-2's spec and the sizes of their attributes; their checksum covers what it
+// always did.
 //   /trainer                  attrs: data_seed, data_cursor, dropout_seed, lr, lr_warmup_steps,
 //                             lr_total_steps; datasets: rng_states uint64 [n], metrics_jsonl (string)
 //
@@ -36,19 +42,18 @@
 #include <vector>
 
 #include "core/model/lora_layout.h"
-#include "core/model/shape.h"
+#include "core/model/spec.h"
 
 namespace lora {
 
-inline constexpr int kCheckpointFormatVersion = 1;
+inline constexpr int kCheckpointFormatVersion = 2;
 
 struct CheckpointState {
   long step = 0;  // optimizer steps completed
   uint64_t tokens_seen = 0;
   int world_size = 1;
   std::string base_fingerprint;  // see base_fingerprint()
-  std::string arch = "gpt2";
-  ModelShape shape;
+  ModelSpec spec;  // arch and every size and variant
   TrainMode mode = TrainMode::kLora;
   LoraSpec lora;            // lora mode only: full-mode files store no adapters, and read back the default
   std::string config_yaml;  // the resolved config, as text
@@ -57,7 +62,7 @@ struct CheckpointState {
   long optimizer_step = 0;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
   // lora mode: the adapter buffer in LoraLayout order (n = LoraLayout::n_params());
-  // full mode: the base buffer in Gpt2Layout order (n = Gpt2Layout::n_params()).
+  // full mode: the base buffer in BaseLayout order (n = BaseLayout::n_params()).
   // adam_m and adam_v have the same size as params.
   std::vector<float> params, adam_m, adam_v;
   // trainer state

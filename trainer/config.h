@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/model/lora_layout.h"
-#include "core/model/shape.h"
+#include "core/model/spec.h"
 
 namespace lora {
 
@@ -28,10 +28,11 @@ struct RunConfig {
 };
 
 struct ModelConfig {
-  std::string arch = "gpt2";
-  std::string weights;  // empty: random init from run.seed
-  ModelShape shape;
+  std::string path;     // a Hugging Face model directory (config.json + safetensors), or empty
+  std::string weights;  // one safetensors file in the family's names; empty with neither: random
+  ModelSpec spec;       // arch and sizes: from path's config.json, or from the YAML keys
   std::string dtype = "fp32";  // fp32 | bf16 (bf16 is for the CUDA backend)
+  const std::string& arch() const { return spec.arch; }
 };
 
 struct DataConfig {

@@ -227,8 +227,11 @@ static __global__ void attention_backward_key_kernel(float* dqkv, const float* d
 }
 
 void attention_forward_cuda(float* out, float* att, const float* qkv, int n_batch, int n_seq,
-                            int d_model, int n_head, cudaStream_t stream) {
-  detail::check_attention_forward_args(out, att, qkv, n_batch, n_seq, d_model, n_head);
+                            int n_head, int n_kv_head, int head_dim, cudaStream_t stream) {
+  detail::check_attention_forward_args(out, att, qkv, n_batch, n_seq, n_head, n_kv_head, head_dim);
+  LORA_CHECK(n_kv_head == n_head, "the CUDA attention kernels do not implement grouped-query "
+             "attention yet (n_kv_head ", n_kv_head, " != n_head ", n_head, ")");
+  const int d_model = n_head * head_dim;
   check_launch_limits(n_batch, n_seq, d_model, n_head);
   const Dims dims{n_seq, d_model, n_head, d_model / n_head};
   const unsigned int blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;
@@ -238,8 +241,13 @@ void attention_forward_cuda(float* out, float* att, const float* qkv, int n_batc
 }
 
 void attention_backward_cuda(float* dqkv, const float* dout, const float* qkv, const float* att,
-                             int n_batch, int n_seq, int d_model, int n_head, cudaStream_t stream) {
-  detail::check_attention_backward_args(dqkv, dout, qkv, att, n_batch, n_seq, d_model, n_head);
+                             int n_batch, int n_seq, int n_head, int n_kv_head, int head_dim,
+                             cudaStream_t stream) {
+  detail::check_attention_backward_args(dqkv, dout, qkv, att, n_batch, n_seq, n_head, n_kv_head,
+                                        head_dim);
+  LORA_CHECK(n_kv_head == n_head, "the CUDA attention kernels do not implement grouped-query "
+             "attention yet (n_kv_head ", n_kv_head, " != n_head ", n_head, ")");
+  const int d_model = n_head * head_dim;
   check_launch_limits(n_batch, n_seq, d_model, n_head);
   const Dims dims{n_seq, d_model, n_head, d_model / n_head};
   const unsigned int blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;

@@ -100,9 +100,9 @@ TEST(CudaOpsValidation, EntryPointsRejectBadArguments) {
   EXPECT_THROW(matmul_backward_cuda(p, nullptr, nullptr, p, p, nullptr, 1, 1, 1, s), Error);
   EXPECT_THROW(lm_head_forward_cuda(p, p, nullptr, 1, 1, 1, s), Error);
   EXPECT_THROW(lm_head_backward_cuda(nullptr, p, p, nullptr, p, 1, 1, 1, s), Error);
-  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 4, 10, 3, s), Error);  // 10 % 3 != 0
-  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 20000, 64, 1, s), Error);  // shared memory
-  EXPECT_THROW(attention_backward_cuda(p, nullptr, p, p, 1, 4, 8, 2, s), Error);
+  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 4, 2, 3, 4, s), Error);  // 3 kv heads, 2 query heads
+  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 20000, 1, 1, 64, s), Error);  // shared memory
+  EXPECT_THROW(attention_backward_cuda(p, nullptr, p, p, 1, 4, 2, 2, 4, s), Error);
   EXPECT_THROW(gelu_forward_cuda(p, p, 0, s), Error);
   EXPECT_THROW(gelu_backward_cuda(p, nullptr, p, 1, s), Error);
   EXPECT_THROW(residual_forward_cuda(p, nullptr, p, 1, s), Error);
@@ -111,8 +111,8 @@ TEST(CudaOpsValidation, EntryPointsRejectBadArguments) {
   EXPECT_THROW(cross_entropy_backward_cuda(p, p, &tok, NAN, 1, 1, s), Error);
   EXPECT_THROW(dropout_forward_cuda(p, p, &row_id, 1.0f, 0, 0, 1, 1, s), Error);
   EXPECT_THROW(dropout_backward_cuda(p, p, &row_id, -0.1f, 0, 0, 1, 1, s), Error);
-  EXPECT_THROW(lora_forward_cuda(p, p, p, p, p, INFINITY, 1, 1, 1, 1, s), Error);
-  EXPECT_THROW(lora_backward_cuda(p, p, p, nullptr, p, p, p, p, p, 1.0f, 1, 1, 1, 1, s), Error);
+  EXPECT_THROW(lora_forward_cuda(p, p, p, p, p, INFINITY, 1, 1, 1, 1, 1, s), Error);
+  EXPECT_THROW(lora_backward_cuda(p, p, p, nullptr, p, p, p, p, p, 1.0f, 1, 1, 1, 1, 1, s), Error);
   EXPECT_THROW(adamw_update_cuda(p, p, p, p, 1, AdamWParams{}, 0, s), Error);
   AdamWParams bad;
   bad.beta2 = 1.0f;
@@ -350,12 +350,13 @@ void CudaOps::check_attention(int n_batch, int n_seq, int d_model, int n_head) {
   const size_t n_att = static_cast<size_t>(n_batch) * n_head * n_seq * n_seq;
   const auto qkv = randn(n_qkv, 40);
   std::vector<float> out(n_out), att(n_att);
-  attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, d_model, n_head);
+  const int hd = d_model / n_head;
+  attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, n_head, n_head, hd);
   auto d_qkv = t.upload(qkv);
   cuda::DeviceBuffer<float> d_out(n_out);
   auto d_att = t.upload(randn(n_att, 41));  // garbage: the masked half must be overwritten
-  attention_forward_cuda(d_out.data(), d_att.data(), d_qkv.data(), n_batch, n_seq, d_model, n_head,
-                         stream);
+  attention_forward_cuda(d_out.data(), d_att.data(), d_qkv.data(), n_batch, n_seq, n_head, n_head,
+                         hd, stream);
   expect_close("attention out", out, t.download(d_out), 1e-4, 1e-5);
   expect_close("attention att", att, t.download(d_att), 1e-4, 1e-6);
 
@@ -364,10 +365,10 @@ void CudaOps::check_attention(int n_batch, int n_seq, int d_model, int n_head) {
   auto d_dout = t.upload(dout);
   auto d_dqkv = t.upload(dqkv);
   auto d_att_cpu = t.upload(att);  // the CPU probabilities for both backwards
-  attention_backward_cpu(dqkv.data(), dout.data(), qkv.data(), att.data(), n_batch, n_seq, d_model,
-                         n_head);
+  attention_backward_cpu(dqkv.data(), dout.data(), qkv.data(), att.data(), n_batch, n_seq, n_head,
+                         n_head, hd);
   attention_backward_cuda(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_att_cpu.data(), n_batch,
-                          n_seq, d_model, n_head, stream);
+                          n_seq, n_head, n_head, hd, stream);
   expect_close("attention dqkv", dqkv, t.download(d_dqkv), 1e-4, 1e-4);
 }
 
@@ -504,9 +505,10 @@ TEST_F(CudaOps, Lora) {
   auto d_b = upload(b);
   auto d_y = upload(y);
   cuda::DeviceBuffer<float> d_h(h.size());
-  lora_forward_cpu(y.data(), h.data(), x.data(), a.data(), b.data(), scaling, n, d_in, rank, d_out);
+  lora_forward_cpu(y.data(), h.data(), x.data(), a.data(), b.data(), scaling, n, d_in, rank, d_out,
+                   d_out);
   lora_forward_cuda(d_y.data(), d_h.data(), d_x.data(), d_a.data(), d_b.data(), scaling, n, d_in,
-                    rank, d_out, stream_);
+                    rank, d_out, d_out, stream_);
   expect_close("lora y", y, download(d_y), 1e-4, 1e-4);
   expect_close("lora h", h, download(d_h), 1e-4, 1e-5);
 
@@ -522,9 +524,10 @@ TEST_F(CudaOps, Lora) {
   cuda::DeviceBuffer<float> d_dh(dh.size());
   auto d_h_cpu = upload(h);
   lora_backward_cpu(dx.data(), da.data(), db.data(), dh.data(), dy.data(), x.data(), h.data(),
-                    a.data(), b.data(), scaling, n, d_in, rank, d_out);
+                    a.data(), b.data(), scaling, n, d_in, rank, d_out, d_out);
   lora_backward_cuda(d_dx.data(), d_da.data(), d_db.data(), d_dh.data(), d_dy.data(), d_x.data(),
-                     d_h_cpu.data(), d_a.data(), d_b.data(), scaling, n, d_in, rank, d_out, stream_);
+                     d_h_cpu.data(), d_a.data(), d_b.data(), scaling, n, d_in, rank, d_out, d_out,
+                     stream_);
   expect_close("lora dx", dx, download(d_dx), 1e-4, 1e-4);
   expect_close("lora dA", da, download(d_da), 1e-4, 1e-4);
   expect_close("lora dB", db, download(d_db), 1e-4, 1e-4);
@@ -532,9 +535,10 @@ TEST_F(CudaOps, Lora) {
 
   // No input gradient, no dA: dB and dh only.
   lora_backward_cpu(nullptr, nullptr, db.data(), dh.data(), dy.data(), x.data(), h.data(), a.data(),
-                    b.data(), scaling, n, d_in, rank, d_out);
+                    b.data(), scaling, n, d_in, rank, d_out, d_out);
   lora_backward_cuda(nullptr, nullptr, d_db.data(), d_dh.data(), d_dy.data(), d_x.data(),
-                     d_h_cpu.data(), d_a.data(), d_b.data(), scaling, n, d_in, rank, d_out, stream_);
+                     d_h_cpu.data(), d_a.data(), d_b.data(), scaling, n, d_in, rank, d_out, d_out,
+                     stream_);
   expect_close("lora dB (second pass)", db, download(d_db), 1e-4, 1e-4);
   expect_close("lora dA untouched", da, download(d_da), 1e-4, 1e-4);
 }

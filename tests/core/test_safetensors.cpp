@@ -1,4 +1,4 @@
-// safetensors reading and writing, F16/BF16 conversion, the GPT-2 weight binding, every kind of
+// safetensors reading and writing, F16/BF16 conversion, the GPT-2 weight binding (hf_model.h), every kind of
 // malformed file (InputError naming the file and the problem), and a cross-check with files
 // written and read by an independent Python implementation (struct + json + numpy).
 #include <gtest/gtest.h>
@@ -15,7 +15,8 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/model/gpt2_layout.h"
+#include "core/model/base_layout.h"
+#include "core/model/hf_model.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 
@@ -458,24 +459,24 @@ TEST_F(SafetensorsTest, CorruptedHeaderBytesGiveInputErrorsOnly) {
 
 // ---- GPT-2 binding ----
 
-ModelShape small_shape() {
-  ModelShape s;
+ModelSpec small_shape() {
+  ModelSpec s;
   s.vocab_size = 11;
   s.max_seq_len = 7;
   s.n_layer = 2;
   s.n_head = 2;
   s.d_model = 8;
-  return s;
+  return family_spec("gpt2", s);
 }
 
-std::vector<float> random_params(const Gpt2Layout& layout, uint64_t seed) {
+std::vector<float> random_params(const BaseLayout& layout, uint64_t seed) {
   std::vector<float> p(layout.n_params());
   for (size_t i = 0; i < p.size(); ++i) p[i] = normal01(seed, 7, i);
   return p;
 }
 
 // The layout's tensors as write_safetensors entries, with `prefix` before every name.
-std::vector<SafetensorsWriteTensor> layout_tensors(const Gpt2Layout& layout, const float* params,
+std::vector<SafetensorsWriteTensor> layout_tensors(const BaseLayout& layout, const float* params,
                                                    const std::string& prefix = "") {
   std::vector<SafetensorsWriteTensor> out;
   for (const TensorInfo& t : layout.tensors())
@@ -484,13 +485,13 @@ std::vector<SafetensorsWriteTensor> layout_tensors(const Gpt2Layout& layout, con
 }
 
 TEST_F(SafetensorsTest, Gpt2SaveLoadRoundTrip) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 123);
   const std::string file = path("gpt2.safetensors");
-  save_gpt2_weights(file, layout, params.data(), {{"source", "test"}});
+  save_base_weights(file, layout, params.data(), {{"source", "test"}});
 
   std::vector<float> loaded(layout.n_params(), std::nanf(""));
-  load_gpt2_weights(file, layout, loaded.data());
+  load_base_weights({file}, layout, loaded.data());
   for (size_t i = 0; i < params.size(); ++i) ASSERT_EQ(bits(loaded[i]), bits(params[i])) << i;
 
   SafetensorsFile f(file);
@@ -502,17 +503,17 @@ TEST_F(SafetensorsTest, Gpt2SaveLoadRoundTrip) {
   ASSERT_NE(fc, nullptr);
   EXPECT_EQ(fc->shape, (std::vector<int64_t>{8, 32}));  // Conv1D orientation [in, out]
 
-  const ModelShape s = infer_gpt2_shape(file);
+  const ModelSpec s = infer_gpt2_spec(file);
   EXPECT_EQ(s.vocab_size, 11);
   EXPECT_EQ(s.max_seq_len, 7);
   EXPECT_EQ(s.n_layer, 2);
   EXPECT_EQ(s.d_model, 8);
   EXPECT_EQ(s.n_head, 2);  // from __metadata__
-  EXPECT_NO_THROW(check_gpt2_shape(file, small_shape()));
+  EXPECT_NO_THROW(check_gpt2_weights_shape(file, small_shape()));
 }
 
 TEST_F(SafetensorsTest, Gpt2AcceptsTransformerPrefixAndIgnoresKnownExtras) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 5);
   // A file shaped like Hugging Face's GPT2LMHeadModel: prefixed names, mask buffers, lm_head,
   // no __metadata__ n_head.
@@ -531,34 +532,34 @@ TEST_F(SafetensorsTest, Gpt2AcceptsTransformerPrefixAndIgnoresKnownExtras) {
   write_safetensors(file, tensors, {{"format", "pt"}});
 
   std::vector<float> loaded(layout.n_params(), 0.0f);
-  load_gpt2_weights(file, layout, loaded.data());
+  load_base_weights({file}, layout, loaded.data());
   EXPECT_EQ(loaded, params);
 
-  const ModelShape s = infer_gpt2_shape(file, 4);
+  const ModelSpec s = infer_gpt2_spec(file, 4);
   EXPECT_EQ(s.n_layer, 2);
   EXPECT_EQ(s.d_model, 8);
   EXPECT_EQ(s.n_head, 4);  // not in the file: the caller's value
-  EXPECT_EQ(infer_gpt2_shape(file).n_head, 0);
+  EXPECT_EQ(infer_gpt2_spec(file).n_head, 0);
   // n_head unknown to the file: any n_head that divides d_model matches.
-  ModelShape other_heads = small_shape();
+  ModelSpec other_heads = small_shape();
   other_heads.n_head = 4;
-  EXPECT_NO_THROW(check_gpt2_shape(file, other_heads));
+  EXPECT_NO_THROW(check_gpt2_weights_shape(file, other_heads));
 }
 
 TEST_F(SafetensorsTest, Gpt2MissingTensor) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 1);
   std::vector<SafetensorsWriteTensor> tensors = layout_tensors(layout, params.data());
   std::erase_if(tensors, [](const auto& t) { return t.name == "h.1.mlp.c_fc.bias"; });
   const std::string file = path("missing.safetensors");
   write_safetensors(file, tensors);
   std::vector<float> loaded(layout.n_params());
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {file, "missing tensor 'h.1.mlp.c_fc.bias'", "expected shape [32]"});
 }
 
 TEST_F(SafetensorsTest, Gpt2WrongTensorShape) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 2);
   std::vector<SafetensorsWriteTensor> tensors = layout_tensors(layout, params.data());
   for (auto& t : tensors)
@@ -566,77 +567,77 @@ TEST_F(SafetensorsTest, Gpt2WrongTensorShape) {
   const std::string file = path("shape.safetensors");
   write_safetensors(file, tensors);
   std::vector<float> loaded(layout.n_params());
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {file, "tensor 'h.1.mlp.c_fc.weight': expected shape [8, 32], got [8, 16]"});
   // A transposed weight (PyTorch nn.Linear orientation) is caught the same way.
   for (auto& t : tensors)
     if (t.name == "h.1.mlp.c_fc.weight") t.shape = {32, 8};
   write_safetensors(file, tensors);
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {"expected shape [8, 32], got [32, 8]"});
 }
 
 TEST_F(SafetensorsTest, Gpt2UnexpectedTensor) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 3);
   std::vector<SafetensorsWriteTensor> tensors = layout_tensors(layout, params.data());
   tensors.push_back({"h.0.attn.rotary.weight", {8}, params.data()});
   const std::string file = path("extra.safetensors");
   write_safetensors(file, tensors);
   std::vector<float> loaded(layout.n_params());
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {file, "unexpected tensor 'h.0.attn.rotary.weight'"});
 }
 
 TEST_F(SafetensorsTest, Gpt2DuplicateAfterPrefix) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 4);
   std::vector<SafetensorsWriteTensor> tensors = layout_tensors(layout, params.data());
   tensors.push_back({"transformer.wte.weight", {11, 8}, params.data()});
   const std::string file = path("dup.safetensors");
   write_safetensors(file, tensors);
   std::vector<float> loaded(layout.n_params());
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {file, "'wte.weight' appears twice"});
 }
 
-TEST_F(SafetensorsTest, Gpt2ModelShapeMismatch) {
-  ModelShape bigger = small_shape();
+TEST_F(SafetensorsTest, Gpt2ModelSpecMismatch) {
+  ModelSpec bigger = small_shape();
   bigger.n_layer = 3;
   bigger.d_model = 12;
-  const Gpt2Layout file_layout(bigger);
+  const BaseLayout file_layout(bigger);
   const std::vector<float> params = random_params(file_layout, 9);
   const std::string file = path("bigger.safetensors");
-  save_gpt2_weights(file, file_layout, params.data());
+  save_base_weights(file, file_layout, params.data());
 
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   std::vector<float> loaded(layout.n_params());
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {file, "model.n_layer: config says 2, weights file has 3",
                       "model.d_model: config says 8, weights file has 12"});
   // n_head recorded in the file's metadata is compared too.
-  ModelShape heads = bigger;
+  ModelSpec heads = bigger;
   heads.n_head = 3;
-  expect_input_error([&] { check_gpt2_shape(file, heads); },
+  expect_input_error([&] { check_gpt2_weights_shape(file, heads); },
                      {"model.n_head: config says 3, weights file has 2"});
-  EXPECT_NO_THROW(check_gpt2_shape(file, bigger));
+  EXPECT_NO_THROW(check_gpt2_weights_shape(file, bigger));
 }
 
 TEST_F(SafetensorsTest, Gpt2NotAGpt2File) {
   const std::vector<float> v = {1, 2};
   const std::string file = path("other.safetensors");
   write_safetensors(file, {{"model.embed_tokens.weight", {1, 2}, v.data()}});
-  expect_input_error([&] { infer_gpt2_shape(file); }, {file, "missing tensor 'wte.weight'"});
+  expect_input_error([&] { infer_gpt2_spec(file); }, {file, "missing tensor 'wte.weight'"});
   const std::vector<float> wte(11 * 8), wpe(7 * 8);
   write_safetensors(file,
                     {{"wte.weight", {11, 8}, wte.data()}, {"wpe.weight", {7, 8}, wpe.data()}});
-  expect_input_error([&] { infer_gpt2_shape(file); }, {file, "no block tensors"});
+  expect_input_error([&] { infer_gpt2_spec(file); }, {file, "no block tensors"});
   write_safetensors(file,
                     {{"wte.weight", {11, 8}, wte.data()},
                      {"wpe.weight", {7, 8}, wpe.data()},
                      {"h.0.ln_1.weight", {8}, wte.data()}},
                     {{"n_head", "two"}});
-  expect_input_error([&] { infer_gpt2_shape(file); },
+  expect_input_error([&] { infer_gpt2_spec(file); },
                      {file, "\"n_head\": expected a positive integer, got \"two\""});
 }
 
@@ -742,10 +743,10 @@ TEST_F(SafetensorsTest, ReadsFileWrittenByPython) {
 
 TEST_F(SafetensorsTest, PythonReadsGpt2FileWrittenHere) {
   if (!python_with_numpy()) GTEST_SKIP() << LORA_PYTHON << " with numpy is not available";
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 77);
   const std::string file = path("ours.safetensors");
-  save_gpt2_weights(file, layout, params.data());
+  save_base_weights(file, layout, params.data());
   const std::string raw_file_path = path("params.f32");
   write_bytes(raw_file_path, f32_bytes(params));
   const std::string script = path("reader.py");

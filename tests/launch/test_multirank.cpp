@@ -11,7 +11,7 @@
 #include <cmath>
 #include <set>
 
-#include "core/model/gpt2_layout.h"
+#include "core/model/base_layout.h"
 #include "core/model/lora_layout.h"
 #include "tests/launch/harness.h"
 #include "trainer/checkpoint.h"
@@ -102,14 +102,14 @@ double comm_bytes_per_step(const std::string& metrics) {
 }
 
 TEST_F(MultiRank, BytesPerStepAreFourTimesTheTrainableParameters) {
-  const ModelShape shape{.vocab_size = 256, .max_seq_len = 32, .n_layer = 2, .n_head = 2, .d_model = 32};
+  const ModelSpec shape = family_spec("gpt2", ModelSpec{.vocab_size = 256, .max_seq_len = 32, .n_layer = 2, .n_head = 2, .d_model = 32});
   LoraSpec spec;
   spec.rank = 4;
   spec.targets = {LoraTarget::kAttnQkv, LoraTarget::kAttnProj, LoraTarget::kMlpFc, LoraTarget::kMlpProj};
   const std::string lora_run = train("bytes_lora", 2, "--set train.steps=2");
   EXPECT_EQ(comm_bytes_per_step(lora_run + "/metrics.jsonl"), 4.0 * LoraLayout(shape, spec).n_params());
   const std::string full_run = train("bytes_full", 2, "--set train.steps=2 --set train.mode=full");
-  EXPECT_EQ(comm_bytes_per_step(full_run + "/metrics.jsonl"), 4.0 * Gpt2Layout(shape).n_params());
+  EXPECT_EQ(comm_bytes_per_step(full_run + "/metrics.jsonl"), 4.0 * BaseLayout(shape).n_params());
 }
 
 TEST_F(MultiRank, AFaultOnOneRankEndsTheJobQuickly) {

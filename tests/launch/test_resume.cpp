@@ -117,6 +117,30 @@ TEST_F(Resume, KillNineAndResumeIsBitIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(sa.tokens_seen, sb.tokens_seen);
 }
 
+// A checkpoint written before the model family existed (format version 1, by the lora binary of
+// that time; tests/data/checkpoints/v1) resumes with this binary, and steps 4-6 land bit for bit on
+// the adapters and AdamW moments that binary wrote at step 6 (dropout and gradient accumulation
+// on), so neither the model refactoring nor the masked-loss normalisation changed GPT-2's math.
+TEST_F(Resume, VersionOneCheckpointResumesToTheSameBits) {
+  const std::string data = std::string(LORA_TEST_DATA) + "/checkpoints/v1";
+  const std::string out = *dir_ / "v1";
+  fs::create_directories(out + "/checkpoints");
+  fs::copy_file(data + "/ckpt-3.h5", out + "/checkpoints/ckpt-3.h5");
+  auto r = run_command(testing::lora_bin() + " train " + data + "/config.yaml --set run.output_dir=" +
+                       out + " --resume auto");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resume: from " + out + "/checkpoints/ckpt-3.h5 at step 3"),
+            std::string::npos)
+      << r.output;
+  const CheckpointState want = read_checkpoint(data + "/ckpt-6.h5");
+  const CheckpointState got = read_checkpoint(out + "/checkpoints/ckpt-6.h5");
+  EXPECT_EQ(got.step, 6);
+  EXPECT_TRUE(bits_equal(want.params, got.params));
+  EXPECT_TRUE(bits_equal(want.adam_m, got.adam_m));
+  EXPECT_TRUE(bits_equal(want.adam_v, got.adam_v));
+  EXPECT_EQ(want.tokens_seen, got.tokens_seen);
+}
+
 TEST_F(Resume, ACheckpointFromTwoRanksContinuesAtOneAndFourRanks) {
   const std::string straight = *dir_ / "straight";
   auto r = run_command(train_cmd(2, straight, "--set train.micro_batch=2"));

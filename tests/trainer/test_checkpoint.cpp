@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/model/gpt2_layout.h"
+#include "core/model/base_layout.h"
 #include "core/model/lora_layout.h"
 #include "core/rng.h"
 #include "trainer/checkpoint.h"
@@ -49,14 +49,14 @@ void fill(std::vector<float>& v, size_t n, uint64_t seed) {
   for (size_t i = 0; i < n; ++i) v[i] = test_value(seed, i);
 }
 
-ModelShape small_shape() {
-  ModelShape s;
+ModelSpec small_shape() {
+  ModelSpec s;
   s.vocab_size = 64;
   s.max_seq_len = 16;
   s.n_layer = 2;
   s.n_head = 2;
   s.d_model = 32;
-  return s;
+  return family_spec("gpt2", s);
 }
 
 CheckpointState lora_state(uint64_t seed = 1, long step = 7) {
@@ -64,8 +64,7 @@ CheckpointState lora_state(uint64_t seed = 1, long step = 7) {
   s.step = step;
   s.tokens_seen = (1ull << 40) + 12345;
   s.world_size = 4;
-  s.arch = "gpt2";
-  s.shape = small_shape();
+  s.spec = small_shape();
   s.mode = TrainMode::kLora;
   s.lora.rank = 4;
   s.lora.alpha = 8.5f;
@@ -102,7 +101,7 @@ CheckpointState full_state(uint64_t seed = 3) {
   s.step = 42;
   s.tokens_seen = 99;
   s.world_size = 2;
-  s.shape = small_shape();
+  s.spec = small_shape();
   s.mode = TrainMode::kFull;
   s.config_yaml = "train: {mode: full}\n";
   s.optimizer_step = 42;
@@ -135,12 +134,7 @@ void expect_states_equal(const CheckpointState& a, const CheckpointState& b) {
   EXPECT_EQ(a.tokens_seen, b.tokens_seen);
   EXPECT_EQ(a.world_size, b.world_size);
   EXPECT_EQ(a.base_fingerprint, b.base_fingerprint);
-  EXPECT_EQ(a.arch, b.arch);
-  EXPECT_EQ(a.shape.vocab_size, b.shape.vocab_size);
-  EXPECT_EQ(a.shape.max_seq_len, b.shape.max_seq_len);
-  EXPECT_EQ(a.shape.n_layer, b.shape.n_layer);
-  EXPECT_EQ(a.shape.n_head, b.shape.n_head);
-  EXPECT_EQ(a.shape.d_model, b.shape.d_model);
+  EXPECT_EQ(spec_to_json(a.spec), spec_to_json(b.spec));
   EXPECT_EQ(a.mode, b.mode);
   EXPECT_EQ(a.lora.rank, b.lora.rank);
   EXPECT_EQ(bits(a.lora.alpha), bits(b.lora.alpha));
@@ -252,11 +246,69 @@ TEST(Checkpoint, RoundTripLoraModeIsBitExact) {
 TEST(Checkpoint, RoundTripFullModeIsBitExact) {
   TempDir dir;
   const CheckpointState s = full_state();
-  EXPECT_EQ(s.params.size(), Gpt2Layout(s.shape).n_params());
+  EXPECT_EQ(s.params.size(), BaseLayout(s.spec).n_params());
   const std::string path = dir / "full.h5";
   write_checkpoint(path, s);
   const CheckpointState r = read_checkpoint(path);
   expect_states_equal(s, r);
+}
+
+// A Llama-family model's whole spec (GQA, RoPE with llama3 scaling, SwiGLU, untied head) and its
+// adapters under their Hugging Face module paths; the full-mode base under Hugging Face names.
+TEST(Checkpoint, RoundTripLlamaFamilyIsBitExact) {
+  TempDir dir;
+  ModelSpec sizes;
+  sizes.vocab_size = 48;
+  sizes.max_seq_len = 16;
+  sizes.n_layer = 2;
+  sizes.n_head = 4;
+  sizes.n_kv_head = 2;
+  sizes.d_model = 32;
+  sizes.d_ff = 40;
+  ModelSpec spec = family_spec("qwen2", sizes);
+  spec.rope_theta = 1e6f;
+  spec.rope_scaling.llama3 = true;
+  spec.rope_scaling.factor = 2.0f;
+  CheckpointState s = lora_state();
+  s.spec = spec;
+  s.lora.targets = {LoraTarget::kQ, LoraTarget::kV, LoraTarget::kMlpProj};
+  const size_t n = checkpoint_param_count(s);
+  fill(s.params, n, 11);
+  fill(s.adam_m, n, 12);
+  fill(s.adam_v, n, 13);
+  const std::string path = dir / "llama.h5";
+  write_checkpoint(path, s);
+  const CheckpointState r = read_checkpoint(path);
+  expect_states_equal(s, r);
+  const std::string text = describe_checkpoint(path);
+  EXPECT_NE(text.find("/adapters/model.layers.1.self_attn.q_proj/A"), std::string::npos) << text;
+  EXPECT_NE(text.find("targets=q_proj,v_proj,down_proj"), std::string::npos) << text;
+  EXPECT_NE(text.find("4 heads (2 kv, head_dim 8)"), std::string::npos) << text;
+
+  CheckpointState f = full_state();
+  f.spec = spec;
+  const size_t nf = checkpoint_param_count(f);
+  fill(f.params, nf, 21);
+  fill(f.adam_m, nf, 22);
+  fill(f.adam_v, nf, 23);
+  write_checkpoint(dir / "llama-full.h5", f);
+  expect_states_equal(f, read_checkpoint(dir / "llama-full.h5"));
+  EXPECT_NE(describe_checkpoint(dir / "llama-full.h5").find("/base/model.layers.0.self_attn.k_proj.weight"),
+            std::string::npos);
+}
+
+// A checkpoint written before the model family existed (format version 1: GPT-2, no model_spec
+// attribute), kept as test data: it still reads, as the GPT-2 spec it always meant.
+TEST(Checkpoint, VersionOneFilesStillRead) {
+  const std::string path = std::string(LORA_TEST_DATA) + "/checkpoints/v1/ckpt-6.h5";
+  const CheckpointState r = read_checkpoint(path);
+  EXPECT_EQ(r.spec.arch, "gpt2");
+  EXPECT_EQ(r.spec.positions, PositionKind::kLearned);
+  EXPECT_EQ(r.spec.n_layer, 2);
+  EXPECT_EQ(r.mode, TrainMode::kLora);
+  EXPECT_EQ(r.step, 6);
+  EXPECT_FALSE(verify_checkpoint(path).has_value());
+  EXPECT_NE(describe_checkpoint(path).find("/adapters/h.1.attn.c_attn/A"), std::string::npos);
 }
 
 TEST(Checkpoint, RoundTripEmptyOptionalFields) {
@@ -312,7 +364,7 @@ TEST(Checkpoint, DescribeShowsWhatTheFileHolds) {
   const std::string path = dir / "ckpt-7.h5";
   write_checkpoint(path, s);
   const std::string text = describe_checkpoint(path);
-  const LoraLayout layout(s.shape, s.lora);
+  const LoraLayout layout(s.spec, s.lora);
   const LoraModule* m = layout.find(1, LoraTarget::kMlpFc);
   ASSERT_NE(m, nullptr);
   double sum = 0.0;
@@ -486,11 +538,12 @@ TEST(Checkpoint, IncompleteOrNewerFormatIsRejected) {
     H5Edit e(newer);
     hid_t attr = H5Aopen(e.file, "format_version", H5P_DEFAULT);
     ASSERT_GE(attr, 0);
-    int64_t v = 2;
+    int64_t v = kCheckpointFormatVersion + 1;
     ASSERT_GE(H5Awrite(attr, H5T_NATIVE_INT64, &v), 0);
     H5Aclose(attr);
   }
-  expect_input_error(newer, "format_version 2 is not supported");
+  expect_input_error(newer, "format_version " + std::to_string(kCheckpointFormatVersion + 1) +
+                                " is not supported");
 }
 
 TEST(Checkpoint, WrongShapeAndDtypeAreNamed) {
@@ -611,7 +664,7 @@ TEST(Checkpoint, DiskFullKeepsPreviousCheckpoint) {
   ASSERT_LT(fs::file_size(path), 40u * 1024) << "the small checkpoint must leave room on the tmpfs";
 
   CheckpointState big = lora_state();
-  big.shape.d_model = 256;
+  big.spec.d_model = 256;
   big.lora.rank = 16;
   const size_t n = checkpoint_param_count(big);
   fill(big.params, n, 1);
@@ -649,11 +702,11 @@ namespace {
 
 CheckpointState kill_test_state(long step) {
   CheckpointState s;
-  s.shape.vocab_size = 64;
-  s.shape.max_seq_len = 16;
-  s.shape.n_layer = 4;
-  s.shape.n_head = 4;
-  s.shape.d_model = 256;
+  s.spec.vocab_size = 64;
+  s.spec.max_seq_len = 16;
+  s.spec.n_layer = 4;
+  s.spec.n_head = 4;
+  s.spec.d_model = 256;
   s.lora.rank = 16;
   s.lora.targets = {LoraTarget::kAttnQkv, LoraTarget::kAttnProj, LoraTarget::kMlpFc, LoraTarget::kMlpProj};
   s.step = step;
@@ -743,7 +796,7 @@ TEST(Checkpoint, ReadableByH5py) {
   const CheckpointState s = lora_state();
   const std::string path = dir / "ckpt-7.h5";
   write_checkpoint(path, s);
-  const LoraLayout layout(s.shape, s.lora);
+  const LoraLayout layout(s.spec, s.lora);
   const LoraModule* m = layout.find(1, LoraTarget::kMlpProj);
   ASSERT_NE(m, nullptr);
   const std::string a_bin = dir / "a.bin";
@@ -756,7 +809,7 @@ TEST(Checkpoint, ReadableByH5py) {
   std::ofstream(cfg, std::ios::binary) << s.config_yaml;
   int status = 0;
   const std::string out = run_command(std::string(LORA_PYTHON) + " " + LORA_SOURCE_DIR +
-                                          "/tests/trainer/h5py_read.py " + path + " " + m->name() + " " +
+                                          "/tests/trainer/h5py_read.py " + path + " " + m->name + " " +
                                           a_bin + " " + cfg + " " + std::to_string(s.step),
                                       &status);
   ASSERT_TRUE(WIFEXITED(status)) << out;

@@ -117,6 +117,24 @@ record() {  # name status seconds summary log
   write_results
 }
 
+head_tail() {  # FILE BYTES: the file, or its first and last BYTES/2 when it is larger
+  local size
+  size=$(stat -c %s "$1")
+  if ((size > $2)); then
+    head -c $(($2 / 2)) "$1"
+    echo
+    echo "[... $size bytes in all: the middle is left out ...]"
+    tail -c $(($2 / 2)) "$1"
+  else
+    cat "$1"
+  fi
+}
+
+shorten() {  # FILE BYTES: cuts the file down to head_tail's output
+  (($(stat -c %s "$1") > $2)) || return 0
+  head_tail "$1" "$2" >"$1.short" && mv "$1.short" "$1"
+}
+
 wanted() { [[ -z $only || ,$only, == *,$1,* ]]; }
 
 # Runs one stage: NAME LIMIT_S CHECK -- COMMAND...; CHECK is a function called as
@@ -140,17 +158,13 @@ run_stage() {
   } >"$log" 2>&1
   rc=$?
   local took=$(($(date +%s) - start)) verdict status summary
-  {  # at most 2 MiB of each stage in run.log (the whole log is in logs.tar.gz)
+  # A runaway log keeps its first and last 8 MiB; run.log gets at most 1 MiB of each stage (files
+  # that come back from the machine are limited in size).
+  shorten "$log" 16777216
+  {
     echo
     echo "################ $name: exit $rc after $took s"
-    if (($(stat -c %s "$log") > 2097152)); then
-      head -c 1048576 "$log"
-      echo
-      echo "[... $(stat -c %s "$log") bytes in all: middle left out; see logs/$name.log ...]"
-      tail -c 1048576 "$log"
-    else
-      cat "$log"
-    fi
+    head_tail "$log" 1048576
   } >>"$runlog"
   if ((rc == 124 || rc == 137)); then
     status=timeout summary="killed after the stage's $limit s limit"

@@ -8,8 +8,8 @@
 // (two ranks on a one-GPU machine), ranks share a device; NCCL refuses two ranks of one
 // communicator on one GPU of one host ("Duplicate GPU detected"), so each rank then gets its own
 // NCCL_HOSTID and NCCL's shared-memory and peer-to-peer transports are turned off: NCCL takes the
-// ranks for separate hosts and connects them through sockets on the loopback interface. Those
-// variables are set before the first NCCL call (variables already set are left alone).
+// ranks for separate hosts and connects them through its socket transport on the loopback
+// interface. Those variables are set before the first NCCL call (any already set are left alone).
 //
 // All ranks agree (an MPI all-reduce) on whether every rank has a usable device before NCCL is
 // touched: without one every test skips with the reason, or fails under LORA_REQUIRE_CUDA=1.
@@ -201,6 +201,8 @@ std::string share_devices_through_sockets(const LaunchEnv& env, int n_devices) {
   setenv("NCCL_SHM_DISABLE", "1", 0);
   setenv("NCCL_P2P_DISABLE", "1", 0);
   setenv("NCCL_SOCKET_IFNAME", "lo", 0);
+  setenv("NCCL_NET", "Socket", 0);
+  setenv("NCCL_IB_DISABLE", "1", 0);
   return "ranks share " + std::to_string(n_devices) +
          " GPU(s): NCCL_HOSTID per rank, sockets over the loopback interface";
 }

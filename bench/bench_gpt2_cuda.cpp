@@ -30,6 +30,87 @@
 
 using namespace lora;
 
+namespace {
+
+// Times the steps on device 0 and prints the JSON line; returns the exit status.
+int run(const ModelShape& shape, TrainMode train_mode, const std::optional<LoraSpec>& lspec,
+        const LoraSpec& spec, const std::string& mode, const std::string& targets, int seq,
+        int batch, int steps, int warmup) {
+  const int device = cuda::select_device(0);
+  cudaStream_t stream = nullptr;
+  LORA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaEvent_t done = nullptr;
+  LORA_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  std::vector<double> times;
+  float first_loss = 0.0f, last_loss = 0.0f;
+  double grad_sq = 0.0;
+  size_t n = 0, device_bytes = 0;
+  {  // the model and buffers go before the stream they use
+    // The base and adapters are initialised on the host as the CPU model does, then uploaded.
+    Gpt2CudaModel model(shape, train_mode, lspec, stream);
+    {
+      Gpt2Model host(shape, train_mode, lspec);
+      host.init_base_random(1);
+      model.upload_base(host.base_params());
+      if (lspec) {
+        host.init_lora(2);
+        model.upload_lora(host.lora_params());
+      }
+    }
+    n = model.n_trainable();
+    cuda::DeviceBuffer<float> m(n), v(n);
+    cuda::DeviceBuffer<double> sum_sq(1);
+    m.zero(stream);
+    v.zero(stream);
+    const ops::AdamWParams hp{};
+    std::vector<int32_t> tokens(static_cast<size_t>(batch) * seq), labels(tokens.size());
+    for (int s = 0; s < warmup + steps; ++s) {
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        tokens[i] = static_cast<int32_t>(hash_u64(3, s, i) % shape.vocab_size);
+        labels[i] = static_cast<int32_t>(hash_u64(4, s, i) % shape.vocab_size);
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      model.zero_grads();
+      const float loss = model.forward(tokens.data(), labels.data(), batch, seq,
+                                       ForwardOptions{.training = true, .step = uint64_t(s)});
+      model.backward();
+      ops::sum_squares_cuda(sum_sq.data(), model.trainable_grads(), n, stream);
+      ops::adamw_update_cuda(model.trainable_params(), model.trainable_grads(), m.data(),
+                             v.data(), n, hp, s + 1, stream);
+      LORA_CUDA_CHECK(cudaEventRecord(done, stream));
+      LORA_CUDA_CHECK(cudaEventSynchronize(done));
+      const auto t1 = std::chrono::steady_clock::now();
+      if (s >= warmup) times.push_back(std::chrono::duration<double>(t1 - t0).count());
+      if (s == 0) first_loss = loss;
+      last_loss = loss;
+    }
+    sum_sq.copy_to_host(&grad_sq, stream);
+    device_bytes = model.device_bytes();
+  }
+  cudaEventDestroy(done);
+  cudaStreamDestroy(stream);
+  std::sort(times.begin(), times.end());
+  const double median = times[times.size() / 2];
+  std::printf(
+      "{\"impl\": \"lora-cuda\", \"device\": \"%s\", \"mode\": \"%s\", \"layers\": %d, "
+      "\"d_model\": %d, \"heads\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, "
+      "\"rank\": %d, \"targets\": \"%s\", \"trainable\": %zu, \"steps\": %d, "
+      "\"warmup\": %d, \"step_s_median\": %.5f, \"step_s_min\": %.5f, "
+      "\"tokens_per_s\": %.1f, \"device_mib\": %.1f, \"loss_first\": %.5f, "
+      "\"loss_last\": %.5f, \"grad_norm_last\": %.5g}\n",
+      cuda::device_name(device).c_str(), mode.c_str(), shape.n_layer, shape.d_model,
+      shape.n_head, shape.vocab_size, seq, batch, spec.rank, targets.c_str(), n, steps, warmup,
+      median, times.front(), batch * seq / median, device_bytes / 1048576.0, first_loss,
+      last_loss, std::sqrt(grad_sq));
+  if (!(std::isfinite(first_loss) && std::isfinite(last_loss) && std::isfinite(grad_sq))) {
+    std::fprintf(stderr, "bench_gpt2_cuda: loss or gradient norm is not finite\n");
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   ModelShape shape{.vocab_size = 50257, .max_seq_len = 1024, .n_layer = 12, .n_head = 12,
                    .d_model = 768};
@@ -63,95 +144,31 @@ int main(int argc, char** argv) {
   spec.alpha = 2.0f * spec.rank;
   spec.targets.clear();
   std::stringstream ss(targets);
-  for (std::string t; std::getline(ss, t, ',');) spec.targets.push_back(*parse_lora_target(t));
+  for (std::string t; std::getline(ss, t, ',');) {
+    const auto target = parse_lora_target(t);
+    if (!target) {
+      std::fprintf(stderr, "bench_gpt2_cuda: unknown LoRA target %s\n", t.c_str());
+      return 2;
+    }
+    spec.targets.push_back(*target);
+  }
   const bool full = mode == "full";
   std::optional<LoraSpec> lspec;
   if (!full) lspec = spec;
   const TrainMode train_mode = full ? TrainMode::kFull : TrainMode::kLora;
 
   try {
-    const int device = cuda::select_device(0);
-    cudaStream_t stream = nullptr;
-    LORA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    cudaEvent_t done = nullptr;
-    LORA_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-
-    bool finite = false;
-    {  // the model and buffers go before the stream they use
-      // The base and adapters are initialised on the host as the CPU model does, then uploaded once.
-      Gpt2CudaModel model(shape, train_mode, lspec, stream);
-      {
-        Gpt2Model host(shape, train_mode, lspec);
-        host.init_base_random(1);
-        model.upload_base(host.base_params());
-        if (!full) {
-          host.init_lora(2);
-          model.upload_lora(host.lora_params());
-        }
-      }
-      const size_t n = model.n_trainable();
-      cuda::DeviceBuffer<float> m(n), v(n);
-      cuda::DeviceBuffer<double> sum_sq(1);
-      m.zero(stream);
-      v.zero(stream);
-      const ops::AdamWParams hp{};
-
-      std::vector<int32_t> tokens(static_cast<size_t>(batch) * seq), targets_v(tokens.size());
-      std::vector<double> times;
-      float first_loss = 0.0f, last_loss = 0.0f;
-      double grad_sq = 0.0;
-      for (int s = 0; s < warmup + steps; ++s) {
-        for (size_t i = 0; i < tokens.size(); ++i) {
-          tokens[i] = static_cast<int32_t>(hash_u64(3, s, i) % shape.vocab_size);
-          targets_v[i] = static_cast<int32_t>(hash_u64(4, s, i) % shape.vocab_size);
-        }
-        const auto t0 = std::chrono::steady_clock::now();
-        model.zero_grads();
-        const float loss = model.forward(tokens.data(), targets_v.data(), batch, seq,
-                                         ForwardOptions{.training = true, .step = uint64_t(s)});
-        model.backward();
-        ops::sum_squares_cuda(sum_sq.data(), model.trainable_grads(), n, stream);
-        ops::adamw_update_cuda(model.trainable_params(), model.trainable_grads(), m.data(), v.data(),
-                               n, hp, s + 1, stream);
-        LORA_CUDA_CHECK(cudaEventRecord(done, stream));
-        LORA_CUDA_CHECK(cudaEventSynchronize(done));
-        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (s >= warmup) times.push_back(dt);
-        if (s == 0) first_loss = loss;
-        last_loss = loss;
-      }
-      sum_sq.copy_to_host(&grad_sq, stream);
-      std::sort(times.begin(), times.end());
-      const double median = times[times.size() / 2];
-      std::printf(
-          "{\"impl\": \"lora-cuda\", \"device\": \"%s\", \"mode\": \"%s\", \"layers\": %d, "
-          "\"d_model\": %d, \"heads\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, \"rank\": %d, "
-          "\"targets\": \"%s\", \"trainable\": %zu, \"steps\": %d, \"warmup\": %d, "
-          "\"step_s_median\": %.5f, \"step_s_min\": %.5f, \"tokens_per_s\": %.1f, "
-          "\"device_mib\": %.1f, \"loss_first\": %.5f, \"loss_last\": %.5f, \"grad_norm_last\": %.5g}\n",
-          cuda::device_name(device).c_str(), mode.c_str(), shape.n_layer, shape.d_model,
-          shape.n_head, shape.vocab_size, seq, batch, spec.rank, targets.c_str(), n, steps, warmup,
-          median, times.front(), batch * seq / median, model.device_bytes() / 1048576.0,
-          first_loss, last_loss, std::sqrt(grad_sq));
-      finite = std::isfinite(first_loss) && std::isfinite(last_loss) && std::isfinite(grad_sq);
-    }
-    cudaEventDestroy(done);
-    cudaStreamDestroy(stream);
-    if (!finite) {
-      std::fprintf(stderr, "bench_gpt2_cuda: loss or gradient norm is not finite\n");
-      return 1;
-    }
+    return run(shape, train_mode, lspec, spec, mode, targets, seq, batch, steps, warmup);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_gpt2_cuda: %s\n", e.what());
     return 1;
   }
-  return 0;
 }
 
 #else  // !LORA_WITH_CUDA
 
 int main() {
-  std::fprintf(stderr, "bench_gpt2_cuda: this build has no CUDA backend (configured without nvcc)\n");
+  std::fprintf(stderr, "bench_gpt2_cuda: this build has no CUDA backend (no nvcc at configure)\n");
   return 1;
 }
 

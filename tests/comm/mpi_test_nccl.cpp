@@ -236,7 +236,9 @@ int main(int argc, char** argv) {
       why = lora::testing::cuda_unusable_reason();
       if (why.empty()) {
         const std::string shared = comm::share_devices_through_sockets(env, n_devices);
-        if (!shared.empty() && world.rank() == 0) std::printf("mpi_test_nccl: %s\n", shared.c_str());
+        if (!shared.empty() && world.rank() == 0) {
+          std::printf("mpi_test_nccl: %s\n", shared.c_str());
+        }
       }
     }
     // Every rank or none: a rank alone in NCCL initialisation would wait for the others.

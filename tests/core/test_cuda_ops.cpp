@@ -424,7 +424,9 @@ AttentionRow attention_row(const std::vector<float>& qkv, const std::vector<floa
   // ds[u] = att[u] (datt[u] - d_sum);  dq = sum_u ds[u] k_u / sqrt(hs)
   r.datt.assign(t + 1, 0.0);
   for (int u = 0; u <= t; ++u) {
-    for (int d = 0; d < hs; ++d) r.datt[u] += double(dout[size_t(t) * d_model + head * hs + d]) * v(u, d);
+    for (int d = 0; d < hs; ++d) {
+      r.datt[u] += double(dout[size_t(t) * d_model + head * hs + d]) * v(u, d);
+    }
     r.d_sum += r.att[u] * r.datt[u];
   }
   r.dq.assign(hs, 0.0);

@@ -34,10 +34,11 @@ nvcc=$(command -v nvcc || true)
 [[ -z $nvcc && -x /usr/local/cuda/bin/nvcc ]] && nvcc=/usr/local/cuda/bin/nvcc
 [[ -n $nvcc ]] || die "nvcc not found (looked on PATH and in /usr/local/cuda/bin)"
 echo "pack.sh: configuring $build (Release, sm_90, portable x86-64 code)"
+mkdir -p "$build"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DLORA_ENABLE_CUDA=ON -DLORA_NATIVE=OFF \
-  -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90 >"$build.configure.log" 2>&1 ||
-  { cat "$build.configure.log"; die "cmake configure failed"; }
-grep -q 'lora: CUDA backend ON' "$build.configure.log" || die "the build has no CUDA backend"
+  -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90 >"$build/pack-configure.log" 2>&1 ||
+  { cat "$build/pack-configure.log"; die "cmake configure failed"; }
+grep -q 'lora: CUDA backend ON' "$build/pack-configure.log" || die "the build has no CUDA backend"
 nccl_lib=$(sed -n 's/^LORA_NCCL_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt")
 [[ -n $nccl_lib && $nccl_lib != *NOTFOUND* ]] || die "libnccl not found at configure time"
 
@@ -47,8 +48,8 @@ targets=(lora "${tests[@]}" "${benches[@]}")
 echo "pack.sh: building ${targets[*]} with -j$jobs"
 target_args=()
 for t in "${targets[@]}"; do target_args+=(--target "$t"); done
-cmake --build "$build" -j "$jobs" "${target_args[@]}" >"$build.build.log" 2>&1 ||
-  { tail -40 "$build.build.log"; die "build failed (log: $build.build.log)"; }
+cmake --build "$build" -j "$jobs" "${target_args[@]}" >"$build/pack-build.log" 2>&1 ||
+  { tail -40 "$build/pack-build.log"; die "build failed (log: $build/pack-build.log)"; }
 
 # ---- stage the kit ----
 stage=$(mktemp -d)

@@ -167,7 +167,7 @@ raw_bytes=$(du -sb "$k" | cut -f1)
 tar -C "$stage" -czf "$kit/kit.tar.gz" kit
 cp "$k/MANIFEST.txt" "$kit/MANIFEST.txt"
 kit_bytes=$(du -sb "$kit" | cut -f1)
-repo_bytes=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+repo_bytes=$( (git ls-files -z | xargs -0 stat -c %s 2>/dev/null || true) | awk '{s += $1} END {print s + 0}')
 echo "pack.sh: $(ls "$k/bin" | wc -l) binaries, $(ls "$k/lib" | wc -l) libraries" \
   "(+$(ls "$k/lib-compat" | wc -l) compat), $(ls "$k/openmpi/lib/openmpi3" | wc -l) Open MPI plugins;" \
   "glibc $glibc_needed or newer needed"

@@ -8,12 +8,13 @@
 // the buffer, and are final when their event fires (a second stream copies each range after
 // waiting on the event, and the copy equals the final gradients); 50 AdamW steps on the device
 // track the CPU loss curve; lora mode allocates no base gradients and activations are sized as on
-// the CPU. Without a device every test skips with the reason.
+// the CPU. Without a device every test skips with the reason (fails under LORA_REQUIRE_CUDA=1).
 #include <gtest/gtest.h>
 
 #include <string>
 
 #include "core/cuda_runtime.h"
+#include "tests/common/cuda_device.h"
 
 #ifdef LORA_WITH_CUDA
 
@@ -144,8 +145,7 @@ void make_lora_pair(const LoraSpec& spec, cudaStream_t stream, std::unique_ptr<T
 }
 
 TEST(Gpt2Cuda, LoraModeMatchesTheCpuModel) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   LoraSpec spec = all_targets_spec();
   spec.rslora = true;
@@ -194,8 +194,7 @@ TEST(Gpt2Cuda, LoraModeMatchesTheCpuModel) {
 }
 
 TEST(Gpt2Cuda, FullModeMatchesTheCpuModelForEveryParameter) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   TransformerModel cpu(kShape, TrainMode::kFull, std::nullopt);
   cpu.init_base_random(3);
@@ -230,8 +229,7 @@ TEST(Gpt2Cuda, FullModeMatchesTheCpuModelForEveryParameter) {
 }
 
 TEST(Gpt2Cuda, ZeroBGivesTheBaseLogits) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   Gpt2CudaModel base(kShape, TrainMode::kFull, std::nullopt, stream.get());
   Gpt2CudaModel adapted(kShape, TrainMode::kLora, all_targets_spec(), stream.get());
@@ -276,8 +274,7 @@ TEST(Gpt2Cuda, ZeroBGivesTheBaseLogits) {
 }
 
 TEST(Gpt2Cuda, ReadyRangesAreDescendingContiguousAndFinalAtTheirEvent) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   Stream comm;
   for (TrainMode mode : {TrainMode::kLora, TrainMode::kFull}) {
@@ -340,8 +337,7 @@ TEST(Gpt2Cuda, ReadyRangesAreDescendingContiguousAndFinalAtTheirEvent) {
 }
 
 TEST(Gpt2Cuda, FiftyAdamWStepsTrackTheCpuLossCurve) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   LoraSpec spec = all_targets_spec();
   spec.dropout = 0.1f;
@@ -396,8 +392,7 @@ TEST(Gpt2Cuda, FiftyAdamWStepsTrackTheCpuLossCurve) {
 }
 
 TEST(Gpt2Cuda, MemoryLoraModeHasNoBaseGradientsAndActivationsMatchTheCpu) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   for (float dropout : {0.0f, 0.1f}) {
     LoraSpec spec = all_targets_spec();
@@ -420,8 +415,7 @@ TEST(Gpt2Cuda, MemoryLoraModeHasNoBaseGradientsAndActivationsMatchTheCpu) {
 }
 
 TEST(Gpt2Cuda, UploadsRoundTripShapesChangeAndBadInputThrows) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   LoraSpec spec = all_targets_spec();
   spec.init_b = LoraInitB::kGaussian;
@@ -469,6 +463,8 @@ TEST(Gpt2Cuda, UploadsRoundTripShapesChangeAndBadInputThrows) {
 
 #else  // !LORA_WITH_CUDA
 
-TEST(Gpt2Cuda, BuiltWithoutCuda) { GTEST_SKIP() << "built without CUDA"; }
+TEST(Gpt2Cuda, BuiltWithoutCuda) {
+  LORA_CUDA_SKIP_OR_FAIL(lora::testing::cuda_not_built_reason());
+}
 
 #endif  // LORA_WITH_CUDA

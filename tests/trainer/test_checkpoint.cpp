@@ -4,6 +4,7 @@
 // interoperability with h5py and h5dump.
 #include <gtest/gtest.h>
 
+#include "tests/common/file_fuzz.h"
 #include "tests/common/temp_dir.h"
 #include <hdf5.h>
 #include <signal.h>
@@ -939,4 +940,56 @@ TEST(Checkpoint, ReadableByH5dump) {
   const std::string out_full = run_command("h5dump -H " + full, &status);
   EXPECT_EQ(WEXITSTATUS(status), 0) << out_full;
   EXPECT_NE(out_full.find("GROUP \"h.1.attn.c_attn.weight\""), std::string::npos);
+}
+
+// ---- random corruption ---------------------------------------------------------------------------
+//
+// tests/common/file_fuzz.h: corrupted copies of a version-2 file (random bytes, bursts, cuts,
+// appended bytes), each read in a forked child. The integrity check covers every byte, so every case
+// must be refused with an InputError naming the file: none may crash, hang or be accepted.
+// LORA_FUZZ_CASES sets the number of in-process cases (default 300), LORA_FUZZ_INSPECT_CASES the
+// number run through `lora inspect` (default 30).
+
+TEST(CheckpointFuzz, EveryCorruptionIsRefusedNamingTheFile) {
+  TempDir dir;
+  const std::string good = dir / "good.h5";
+  write_checkpoint(good, lora_state());
+  const std::string path = dir / "ckpt-7.h5";
+  const lora::testing::FuzzTally t = lora::testing::fuzz_files(
+      "checkpoint (format 2)", {{path, read_file(good)}}, lora::testing::fuzz_cases(300), [&] {
+        const CheckpointState s = read_checkpoint(path);
+        return describe_checkpoint(path) + std::to_string(crc64(s.params.data(), s.params.size() * 4)) +
+               std::to_string(crc64(s.adam_m.data(), s.adam_m.size() * 4)) +
+               std::to_string(crc64(s.adam_v.data(), s.adam_v.size() * 4));
+      });
+  EXPECT_EQ(t.n_refused, t.n_cases);
+  EXPECT_EQ(t.n_accepted_same + t.n_accepted_changed, 0);
+  EXPECT_EQ(t.n_crash + t.n_hang + t.n_other_error + t.n_refused_unnamed, 0);
+}
+
+TEST(CheckpointFuzz, LoraInspectExitsTwoNamingTheFile) {
+  TempDir dir;
+  const std::string good = dir / "good.h5";
+  write_checkpoint(good, lora_state());
+  const std::string original = read_file(good);
+  const std::string path = dir / "ckpt-7.h5";
+  const long n_cases = lora::testing::fuzz_env("LORA_FUZZ_INSPECT_CASES", 30);
+  const uint64_t seed = lora::testing::fuzz_seed();
+  long n_exit2 = 0;
+  for (long i = 0; i < n_cases; ++i) {
+    // Other cases than the in-process test's: indices from 1,000,000 on.
+    const lora::testing::Corruption c = lora::testing::corrupt(original, seed, 1000000 + i);
+    write_file(path, c.bytes);
+    int status = 0;
+    const std::string out = run_command(std::string(LORA_BINARY) + " inspect " + path, &status);
+    const std::string where = "inspect case " + std::to_string(i) + " (" + c.what + "): ";
+    if (!WIFEXITED(status)) {
+      ADD_FAILURE() << where << "killed by signal " << WTERMSIG(status) << ": " << out;
+      continue;
+    }
+    EXPECT_EQ(WEXITSTATUS(status), 2) << where << out;
+    EXPECT_NE(out.find("checkpoint '" + path + "'"), std::string::npos) << where << out;
+    n_exit2 += WEXITSTATUS(status) == 2;
+  }
+  std::printf("fuzz lora inspect: %ld cases, %ld exit 2\n", n_cases, n_exit2);
 }

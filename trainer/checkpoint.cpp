@@ -27,6 +27,7 @@
 #include <sstream>
 #include <string_view>
 #include <system_error>
+#include <unordered_map>
 
 #include "core/crc64.h"
 #include "core/error.h"
@@ -399,16 +400,34 @@ std::string parent_dir(const std::string& path) {
 
 struct ImageSink {
   void* buffer = nullptr;  // the core driver's memory, owned by us after H5Fclose
+  size_t buffer_bytes = 0;
+  std::unordered_map<void*, size_t> live;  // every block handed out, and its size
   ~ImageSink() { std::free(buffer); }
 };
 
-void* image_malloc(size_t size, H5FD_file_image_op_t, void*) { return std::malloc(size); }
-void* image_realloc(void* ptr, size_t size, H5FD_file_image_op_t, void*) { return std::realloc(ptr, size); }
+void* image_malloc(size_t size, H5FD_file_image_op_t, void* udata) {
+  void* p = std::malloc(size);
+  if (p != nullptr) static_cast<ImageSink*>(udata)->live[p] = size;
+  return p;
+}
+void* image_realloc(void* ptr, size_t size, H5FD_file_image_op_t, void* udata) {
+  auto* sink = static_cast<ImageSink*>(udata);
+  const auto it = sink->live.find(ptr);
+  const size_t old_size = it == sink->live.end() ? 0 : it->second;
+  if (it != sink->live.end()) sink->live.erase(it);
+  void* p = std::realloc(ptr, size);
+  sink->live[p != nullptr ? p : ptr] = p != nullptr ? size : old_size;  // on failure ptr stays valid
+  return p;
+}
 herr_t image_free(void* ptr, H5FD_file_image_op_t op, void* udata) {
   auto* sink = static_cast<ImageSink*>(udata);
+  const auto it = sink->live.find(ptr);
+  const size_t size = it == sink->live.end() ? 0 : it->second;
+  if (it != sink->live.end()) sink->live.erase(it);
   if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE) {  // the last one closed is the file's image
     std::free(sink->buffer);
     sink->buffer = ptr;
+    sink->buffer_bytes = size;
   } else {
     std::free(ptr);
   }
@@ -600,12 +619,11 @@ class Writer {
       attr_i32(root.get(), "complete", 1);
     }
     check_status(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush the in-memory file");
-    const ssize_t n_bytes = H5Fget_file_image(f, nullptr, 0);
-    if (n_bytes <= 0) fail("size of the in-memory file: " + hdf5_error_text());
     check_status(file.close(), "close the in-memory file");
     if (sink->buffer == nullptr) fail("the in-memory file image was not handed over at close");
+    // The buffer's own size bounds the file (H5Fget_file_image would count without the user block).
     auto* image = static_cast<unsigned char*>(sink->buffer);
-    const size_t file_bytes = image_size(image, static_cast<size_t>(n_bytes));
+    const size_t file_bytes = image_size(image, sink->buffer_bytes);
     seal_image(image, file_bytes);
     return file_bytes;
   }

@@ -34,6 +34,7 @@ std::unique_ptr<Model> model_for_inference(const Config& cfg, const std::string&
 int run_train(World& world, const TrainArgs& args) {
   const Config cfg = load_config(args.config, args.overrides);
   comm::Communicator& comm = world.communicator(cfg.comm.backend);
+  world.select_device(cfg);
   TrainOptions opts;
   if (args.resume == "auto") {
     opts.resume = ResumeMode::kAuto;
@@ -76,6 +77,7 @@ int run_eval(World& world, const std::string& config, const std::vector<std::str
   const Config cfg = load_config(config, overrides);
   LORA_INPUT_CHECK(!cfg.data.val.empty(), config, ": data.val: `lora eval` needs validation data");
   comm::Communicator& comm = world.communicator(cfg.comm.backend);
+  world.select_device(cfg);
   auto model = model_for_inference(cfg, adapter);
   const TokenStream val(cfg.data.val, cfg.data.format, cfg.model.spec.vocab_size, cfg.data.seq_len);
   const double loss = evaluate(*model, val, cfg, comm);
@@ -94,6 +96,7 @@ int run_generate(World& world, const GenerateArgs& args) {
   LORA_INPUT_CHECK(args.tokens >= 0, "--tokens: expected a non-negative integer, got ", args.tokens);
   LORA_INPUT_CHECK(args.temperature >= 0.0f, "--temperature: expected >= 0, got ", args.temperature);
   if (world.rank() != 0) return 0;  // generation is a single-process job
+  world.select_device(cfg);
   auto model = model_for_inference(cfg, args.adapter);
   const int V = cfg.model.spec.vocab_size, max_t = cfg.model.spec.max_seq_len;
   const bool text = cfg.data.format == DataFormat::kText;

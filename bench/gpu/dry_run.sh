@@ -2,8 +2,8 @@
 # A rehearsal of the GPU run on a machine without a GPU: bench/gpu/run.sh runs every stage from
 # gpu-kit/ (build it first with bench/gpu/pack.sh), and this script checks that each ended as it
 # must here. The CUDA stages must FAIL and say why ("no usable CUDA device", since
-# LORA_REQUIRE_CUDA=1 turns skips into failures); libs, mpi_2ranks (the kit's mpirun) and
-# train_cpu must pass; train_cuda must report the trainer's refusal (not_implemented).
+# LORA_REQUIRE_CUDA=1 turns skips into failures); libs, mpi_2ranks (the kit's mpirun), train_cpu
+# and bench_cpu must pass; train_cuda must fail saying that no usable CUDA device exists.
 #
 #   bash bench/gpu/dry_run.sh [--hide-system] [--bundled-glibc]
 #
@@ -84,8 +84,10 @@ expect nccl_1rank fail "no usable CUDA device"
 expect mpi_2ranks pass
 expect nccl_2ranks fail "no usable CUDA device"
 expect train_cpu pass
-expect train_cuda not_implemented
+expect train_cuda fail "no usable CUDA device"
+expect train_e2e fail "no usable CUDA device"
 expect bench_lora fail "no usable CUDA device"
+expect bench_cpu pass
 for f in results.json results.md run.log facts.txt bench.jsonl logs.tar.gz; do
   [[ -f $OUT/$f ]] || { echo "dry_run.sh: $OUT/$f missing"; ok=no; }
 done

@@ -91,9 +91,9 @@ int run(const ModelSpec& shape, const std::optional<LoraSpec>& lspec, const Lora
       "\"warmup\": %d, \"step_s_median\": %.5f, \"step_s_min\": %.5f, "
       "\"tokens_per_s\": %.1f, \"device_mib\": %.1f, \"loss_first\": %.5f, "
       "\"loss_last\": %.5f, \"grad_norm_last\": %.5g}\n",
-      cuda::device_name(device).c_str(), shape.arch.c_str(), mode.c_str(), shape.n_layer, shape.d_model,
-      shape.n_head, shape.vocab_size, seq, batch, spec.rank, targets.c_str(), n, steps, warmup,
-      median, times.front(), batch * seq / median, device_bytes / 1048576.0, first_loss,
+      cuda::device_name(device).c_str(), shape.arch.c_str(), mode.c_str(), shape.n_layer,
+      shape.d_model, shape.n_head, shape.vocab_size, seq, batch, spec.rank, targets.c_str(), n,
+      steps, warmup, median, times.front(), batch * seq / median, device_bytes / 1048576.0, first_loss,
       last_loss, grad_norm);
   if (!(std::isfinite(first_loss) && std::isfinite(last_loss) && std::isfinite(grad_norm))) {
     std::fprintf(stderr, "bench_gpt2_cuda: loss or gradient norm is not finite\n");

@@ -19,8 +19,9 @@ bool uses_cuda(const Config& cfg) {
   const bool available = cuda_device_available(&why);
   if (cfg.device.backend == DeviceBackend::kAuto) return available;
   if (!available) {
-    throw Error(detail::concat(cfg.source_path, ": device.backend: cuda, but no usable CUDA device: ",
-                               why, " (use device.backend: cpu or auto)"));
+    throw Error(detail::concat(cfg.source_path,
+                               ": device.backend: cuda, but no usable CUDA device: ", why,
+                               " (use device.backend: cpu or auto)"));
   }
   return true;
 }
@@ -32,6 +33,16 @@ std::unique_ptr<Model> place_model(std::unique_ptr<TransformerModel> host, const
 #else
   throw Error("this build has no CUDA backend");  // uses_cuda() has already said so
 #endif
+}
+
+std::string describe_device(const Model& model) {
+#ifdef LORA_WITH_CUDA
+  if (const auto* m = dynamic_cast<const CudaTransformerModel*>(&model)) {
+    return detail::concat("cuda:", m->device_index(), " (", cuda::device_name(m->device_index()),
+                          ")");
+  }
+#endif
+  return model.device() == DeviceKind::kCuda ? "cuda" : "cpu";
 }
 
 namespace {

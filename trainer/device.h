@@ -34,6 +34,9 @@ bool uses_cuda(const Config& cfg);
 // uploaded once, on the current device), after which the host copy is freed.
 std::unique_ptr<Model> place_model(std::unique_ptr<TransformerModel> host, const Config& cfg);
 
+// "cpu", or "cuda:0 (NVIDIA H200)": the device a model computes on, for start-up lines.
+std::string describe_device(const Model& model);
+
 // The communicator of the gradient all-reduce and what it needs from the model's device.
 class GradientComm {
  public:

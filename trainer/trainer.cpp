@@ -345,7 +345,8 @@ void print_startup(std::ostream& out, const Config& cfg, const comm::Communicato
   const long global_batch = cfg.global_batch(comm.size());
   char line[256];
   out << "lora: " << cfg.run.name << " | " << train_mode_name(cfg.train.mode) << " | world "
-      << comm.size() << " x " << threads << " threads | comm " << comm.name() << "\n";
+      << comm.size() << " x " << threads << " threads | device " << describe_device(model)
+      << " | comm " << comm.name() << "\n";
   out << "lora: model " << describe_spec(cfg.model.spec)
       << (cfg.model.path.empty() ? std::string() : " | from " + cfg.model.path) << "\n";
   std::snprintf(line, sizeof line, "lora: params trainable %s of %s (%.3f%%)",
@@ -631,7 +632,8 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
     const bool do_eval = !val_data.tokens().empty() &&
                          ((cfg.train.eval_every > 0 && done % cfg.train.eval_every == 0) || is_last);
     const bool do_log = done % cfg.train.log_every == 0 || is_last || do_eval;
-    const bool do_checkpoint = cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0 && !is_last;
+    const bool do_checkpoint =
+        cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0 && !is_last;
     const double loss = do_log || do_checkpoint ? read_step_loss(done)
                                                 : std::numeric_limits<double>::quiet_NaN();
     window_comm_wait += gcomm.stats().wait_seconds - wait_before;

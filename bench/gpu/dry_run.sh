@@ -80,6 +80,7 @@ expect() {  # STAGE STATUS [TEXT the summary must contain]
 expect libs pass
 expect cuda_ops fail "no usable CUDA device"
 expect cuda_model fail "no usable CUDA device"
+expect device_choice fail "no usable CUDA device"
 expect nccl_1rank fail "no usable CUDA device"
 expect mpi_2ranks pass
 expect nccl_2ranks fail "no usable CUDA device"

@@ -44,7 +44,7 @@ nccl_lib=$(sed -n 's/^LORA_NCCL_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt")
 [[ -n $nccl_lib && $nccl_lib != *NOTFOUND* ]] || die "libnccl not found at configure time"
 
 tests=(core_test_cuda_ops core_test_transformer_cuda comm_test_nccl comm_mpi_test_nccl comm_mpi_test_comm
-  launch_test_cuda_train)
+  launch_test_cuda_train trainer_test_device)
 benches=(bench_gpt2_cuda bench_train)
 targets=(lora "${tests[@]}" "${benches[@]}")
 echo "pack.sh: building ${targets[*]} with -j$jobs"

@@ -13,6 +13,7 @@
 #   nvidia_smi   the GPU and driver answer
 #   cuda_ops     the CUDA ops against the CPU ops          (LORA_REQUIRE_CUDA=1: a skip is a failure)
 #   cuda_model   the CUDA model of every family against the CPU model (idem)
+#   device_choice  device.backend auto/cuda and the gradient communicator's choice (idem)
 #   nccl_1rank   NCCL at world size 1                       (idem)
 #   mpi_2ranks   plain MPI, 2 ranks under the kit's mpirun (CPU only: checks the launcher itself)
 #   nccl_2ranks  NCCL, 2 ranks sharing the GPU, bootstrapped through MPI
@@ -457,6 +458,8 @@ run_stage cuda_ops 150 check_gtest -- "${kenv[@]}" "$(kx core_test_cuda_ops)" "$
   --gtest_output=xml:"$logs/cuda_ops.xml"
 run_stage cuda_model 120 check_gtest -- "${kenv[@]}" "$(kx core_test_transformer_cuda)" "${gtest_args[@]}" \
   --gtest_output=xml:"$logs/cuda_model.xml"
+run_stage device_choice 60 check_gtest -- "${kenv[@]}" "$(kx trainer_test_device)" "${gtest_args[@]}" \
+  --gtest_output=xml:"$logs/device_choice.xml"
 run_stage nccl_1rank 90 check_gtest -- "${kenv[@]}" "$(kx comm_test_nccl)" "${gtest_args[@]}" \
   --gtest_output=xml:"$logs/nccl_1rank.xml"
 run_stage mpi_2ranks 60 check_gtest -- "${kenv[@]}" "${mpirun2[@]}" "$(kx comm_mpi_test_comm)" "${gtest_args[@]}"

@@ -1,6 +1,6 @@
 // The transformer forward and backward on one GPU, composed from the CUDA ops in core/ops/ (the
 // `_cuda` entry points), op for op as core/model/transformer.cpp composes the CPU ones:
-//   a   = norm_1(x)            qkv = a Wqkv [+ bqkv] [+ s (drop(a) A) B per q/k/v or c_attn adapter]
+//   a   = norm_1(x)            qkv = a Wqkv [+ bqkv] [+ s (drop(a) A) B per q/k/v|c_attn adapter]
 //   RoPE on the q and k heads of qkv (rotary models)
 //   o   = attention(qkv)       p   = o Wo [+ bo] [+ lora]
 //   x1  = x + p
@@ -381,7 +381,9 @@ class CudaOptimizer final : public TrainableOptimizer {
     const size_t n = model_.n_trainable();
     cudaStream_t s = model_.stream();
     ops::sum_squares_cuda(sum_sq_.data(), model_.trainable_grads(), n, s);
-    if (max_norm > 0.0f) ops::clip_by_norm_cuda(model_.trainable_grads(), n, sum_sq_.data(), max_norm, s);
+    if (max_norm > 0.0f) {
+      ops::clip_by_norm_cuda(model_.trainable_grads(), n, sum_sq_.data(), max_norm, s);
+    }
     ++steps_;
     ops::AdamWParams hp = hp_;
     hp.lr = lr;

@@ -193,7 +193,8 @@ std::vector<float> logits_of(const CudaTransformerModel& m, int n_batch, int n_s
 
 // A CPU model with a random base (norm weights and biases perturbed so every tensor is generic)
 // and, in lora mode, adapters initialised per spec times lora_scale; and its GPU copy.
-std::unique_ptr<TransformerModel> make_cpu(const ModelSpec& spec, const std::optional<LoraSpec>& lora,
+std::unique_ptr<TransformerModel> make_cpu(const ModelSpec& spec,
+                                           const std::optional<LoraSpec>& lora,
                                            float base_scale = 1.0f, float lora_scale = 0.3f) {
   auto cpu = std::make_unique<TransformerModel>(
       spec, lora ? TrainMode::kLora : TrainMode::kFull, lora);
@@ -572,9 +573,9 @@ TEST_P(CudaTransformer, DeferredLossesAndTheLossSum) {
 TEST_P(CudaTransformer, MemoryLoraModeHasNoBaseGradientsAndActivationsMatchTheCpu) {
   const ModelSpec& spec = model_spec();
   Stream stream;
+  const size_t half = static_cast<size_t>(spec.head_size()) / 2;
   const size_t rope_bytes = spec.positions == PositionKind::kRope
-                                ? 2 * static_cast<size_t>(spec.max_seq_len) * (spec.head_size() / 2) *
-                                      sizeof(float)
+                                ? 2 * static_cast<size_t>(spec.max_seq_len) * half * sizeof(float)
                                 : 0;
   const size_t scalars = sizeof(double) + sizeof(float);  // the loss sum and mean
   for (float dropout : {0.0f, 0.1f}) {

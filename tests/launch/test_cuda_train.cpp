@@ -8,9 +8,11 @@
 //   - two ranks sharing the one GPU, gradients over NCCL (comm.backend nccl, each rank with its
 //     own NCCL_HOSTID and NCCL's socket transport over loopback, as tests/comm/mpi_test_nccl.cpp
 //     explains), train like one rank with the same global batch.
-// Without a usable device every test skips with the reason (fails under LORA_REQUIRE_CUDA=1). On a
-// GPU machine the binary and mpirun may live elsewhere than the build tree: LORA_TEST_BINARY and
-// LORA_TEST_MPIRUN (a command that takes `-np N PROGRAM ...` next) override the built-in paths.
+// Also, on any machine, how the binary reports its device choice (and refuses the impossible ones).
+// Without a usable device every GPU test skips with the reason (fails under
+// LORA_REQUIRE_CUDA=1). On a GPU machine the binary and mpirun may live elsewhere than the build
+// tree: LORA_TEST_BINARY and LORA_TEST_MPIRUN (a command that takes `-np N PROGRAM ...` next)
+// override the built-in paths.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -50,16 +52,18 @@ std::string config(const std::string& dir, const std::string& arch) {
   std::ostringstream os;
   os << "run: {name: cuda-" << arch << ", output_dir: " << dir << "/out, seed: 5}\n";
   if (arch == "gpt2") {
-    os << "model: {arch: gpt2, vocab_size: 256, n_layer: 2, n_head: 2, d_model: 32, max_seq_len: 32}\n"
+    os << "model: {arch: gpt2, vocab_size: 256, n_layer: 2, n_head: 2, d_model: 32, "
+          "max_seq_len: 32}\n"
        << "lora: {rank: 4, alpha: 8, targets: [attn.qkv, attn.proj, mlp.fc, mlp.proj]}\n";
   } else {
     os << "model: {arch: llama, vocab_size: 256, n_layer: 2, n_head: 4, n_kv_head: 2, d_model: 32, "
           "d_ff: 48, max_seq_len: 32}\n"
        << "lora: {rank: 4, alpha: 8, targets: all-linear}\n";
   }
-  os << "data: {train: " << dir << "/train.txt, val: " << dir << "/val.txt, format: text, seq_len: 32}\n"
-     << "train: {micro_batch: 4, grad_accum: 2, steps: 12, lr: 0.003, warmup_steps: 2, eval_batches: 2, "
-        "log_every: 1, grad_clip: 1.0}\n"
+  os << "data: {train: " << dir << "/train.txt, val: " << dir
+     << "/val.txt, format: text, seq_len: 32}\n"
+     << "train: {micro_batch: 4, grad_accum: 2, steps: 12, lr: 0.003, warmup_steps: 2, "
+        "eval_batches: 2, log_every: 1, grad_clip: 1.0}\n"
      << "checkpoint: {every: 6, keep: 5}\n"
      << "device: {backend: cpu, threads: 2}\n";
   return os.str();
@@ -201,6 +205,33 @@ TEST_P(CudaTrain, TwoRanksSharingTheGpuOverNcclEqualOneRank) {
   const std::string metrics = testing::read_text(two + "/metrics.jsonl");
   const std::string bytes = "\"comm_bytes_per_step\": " + std::to_string(sa.params.size() * 4);
   EXPECT_NE(metrics.find(bytes), std::string::npos) << metrics;
+}
+
+// On any machine: the device choice as the binary reports it. comm.backend nccl on the CPU is
+// exit 2 naming the key; device.backend cuda is exit 1 naming the reason where no GPU is usable,
+// and where one is, the start-up line names the device and the run trains.
+TEST(CudaTrainChoice, TheBinaryReportsItsDevice) {
+  ScratchDir dir("cuda_train_choice");
+  testing::write_file(dir / "train.txt", testing::small_corpus(200));
+  testing::write_file(dir / "val.txt", testing::small_corpus(40));
+  testing::write_file(dir / "cfg.yaml", config(dir.path().string(), "gpt2"));
+  const std::string base = lora_binary() + " train " + (dir / "cfg.yaml") + " --set train.steps=2";
+  auto r = run_command(base + " --set comm.backend=nccl");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("comm.backend: nccl needs the CUDA backend"), std::string::npos)
+      << r.output;
+  r = run_command(base);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("| device cpu | comm local"), std::string::npos) << r.output;
+  r = run_command(base + " --set device.backend=cuda");
+  if (testing::cuda_unusable_reason().empty()) {
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("| device cuda:"), std::string::npos) << r.output;
+  } else {
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("device.backend: cuda, but no usable CUDA device"), std::string::npos)
+        << r.output;
+  }
 }
 
 }  // namespace

@@ -389,7 +389,7 @@ nvsmi=$(command -v nvidia-smi 2>/dev/null)
     echo "nvidia-smi: not found"
   fi
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "host: $(uname -srm); $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME"); $(nproc) CPUs; $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) memory"
+  echo "host: $(uname -srm); $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME"); $(getconf _NPROCESSORS_ONLN) CPUs; $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) memory"
   echo "glibc: ${glibc_have:-unknown} here, $glibc_needed needed by the kit; $([[ -n $loader ]] && echo "running through the kit's own loader" || echo "the machine's glibc is used")"
   echo "libstdc++/libgcc_s from the kit's compat folder: $compat"
   echo "libraries found outside the kit: ${lib_dirs_searched[*]:-none}"
@@ -486,7 +486,7 @@ fi
 run_stage bench_lora 120 check_bench -- "${kenv[@]}" "$(kx bench_gpt2_cuda)" --mode lora --steps 10 --warmup 3
 run_stage bench_full 120 check_bench -- "${kenv[@]}" "$(kx bench_gpt2_cuda)" --mode full --steps 5 --warmup 2
 run_stage bench_cpu 150 check_bench -- "${kenv[@]}" "$(kx bench_train)" --layers 12 --d-model 768 \
-  --heads 12 --vocab 50257 --seq 1024 --batch 1 --threads "$(nproc)" --steps 2 --warmup 1
+  --heads 12 --vocab 50257 --seq 1024 --batch 1 --threads "$(getconf _NPROCESSORS_ONLN)" --steps 2 --warmup 1
 
 # ---- wrap up ----
 tar -C "$work" -czf "$out/logs.tar.gz" logs 2>/dev/null

@@ -66,6 +66,9 @@ class Tokenizer {
   int32_t eos_id() const;  // -1 when unknown
   bool add_bos() const;    // whether sequences start with BOS (tokenizer_config or post_processor)
   const std::string& source() const;
+  // A hash of the files the tokenizer was loaded from (tokenizer.json, and tokenizer_config.json
+  // and config.json of a model directory): equal fingerprints tokenize alike.
+  uint64_t fingerprint() const;
 
   // True when the ids of text "A\nB" equal those of "A\n" followed by those of "B" (encoded as a
   // continuation) whenever B starts with a character other than white space: true for the

@@ -136,6 +136,7 @@ class MergeMap {
 
 struct Model {
   std::string source;
+  uint64_t fingerprint = 0;
 
   // BPE
   StringIdMap vocab;                  // the model's vocabulary

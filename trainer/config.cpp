@@ -45,7 +45,9 @@ constexpr const char* kLeafKeys[] = {
     "lora.alpha",        "lora.dropout",       "lora.rslora",
     "lora.targets",      "lora.init.a",        "lora.init.b",
     "data.train",        "data.val",           "data.format",
-    "data.seq_len",      "train.mode",         "train.micro_batch",
+    "data.seq_len",      "data.tokenizer",     "data.template",
+    "data.mask_prompt",  "data.pack",
+    "train.mode",        "train.micro_batch",
     "train.grad_accum",  "train.steps",        "train.lr",
     "train.warmup_steps", "train.schedule",    "train.min_lr",
     "train.weight_decay", "train.grad_clip",   "train.eval_every",
@@ -404,6 +406,29 @@ std::string resolve_input_file(const std::string& path, const std::string& where
   return shown;
 }
 
+// data.tokenizer: a tokenizer.json or a model directory holding one, resolved like data files.
+std::string resolve_tokenizer_path(const std::string& path, const std::string& where,
+                                   const std::string& source) {
+  if (path.empty()) {
+    throw InputError(detail::concat(where, ": data.tokenizer: expected a tokenizer.json or a model directory, got an empty string"));
+  }
+  fs::path p(path);
+  if (p.is_relative() && !where.starts_with("--set ")) p = fs::path(source).parent_path() / p;
+  std::error_code ec;
+  fs::path abs = fs::absolute(p, ec);
+  if (ec) abs = p;
+  abs = abs.lexically_normal();
+  if (abs.has_parent_path() && abs.filename().empty()) abs = abs.parent_path();
+  if (fs::is_directory(abs, ec)) {
+    if (!fs::is_regular_file(abs / "tokenizer.json", ec)) {
+      throw InputError(detail::concat(where, ": data.tokenizer: directory '", abs.string(),
+                                      "' has no tokenizer.json"));
+    }
+    return abs.string();
+  }
+  return resolve_input_file(path, where, "data.tokenizer", source);
+}
+
 std::string target_names_help() {
   return "attn.qkv, attn.proj, mlp.fc, mlp.proj, or a Hugging Face alias: c_attn, attn.c_attn, "
          "qkv, c_proj, attn.c_proj, o_proj, c_fc, mlp.c_fc, fc, mlp.c_proj";
@@ -488,6 +513,10 @@ std::string emit_resolved(const Config& c) {
   paths("val", c.data.val);
   plain("format", data_format_name(c.data.format));
   num("seq_len", c.data.seq_len);
+  str("tokenizer", c.data.tokenizer);
+  plain("template", chat_template_name(c.data.chat_template));
+  plain("mask_prompt", c.data.mask_prompt ? "true" : "false");
+  plain("pack", c.data.pack ? "true" : "false");
   out << YAML::EndMap;
 
   const TrainConfig& t = c.train;
@@ -598,8 +627,13 @@ Config build_config(const LeafTable& table) {
   l.init_b = static_cast<LoraInitB>(r.get_enum("lora.init.b", 0, {"zeros", "gaussian"}));
 
   // data
-  c.data.format = static_cast<DataFormat>(r.get_enum("data.format", 0, {"text", "tokens"}));
+  c.data.format = static_cast<DataFormat>(r.get_enum("data.format", 0, {"text", "tokens", "jsonl"}));
   c.data.seq_len = static_cast<int>(r.get_integer("data.seq_len", c.data.seq_len, 1, kIntMax));
+  const std::string tokenizer_path = r.get_string("data.tokenizer", "", true);
+  c.data.chat_template =
+      static_cast<ChatTemplate>(r.get_enum("data.template", 0, {"none", "chatml", "llama3"}));
+  c.data.mask_prompt = r.get_bool("data.mask_prompt", c.data.mask_prompt);
+  c.data.pack = r.get_bool("data.pack", c.data.pack);
   const auto train_paths = r.get_string_list("data.train", "a path or a list of paths");
   const auto val_paths = r.get_string_list("data.val", "a path or a list of paths");
 
@@ -641,7 +675,7 @@ Config build_config(const LeafTable& table) {
     range_error(r, set_or("model.n_head", "model.d_model"), "model.n_head",
                 "a divisor of model.d_model = " + std::to_string(s.d_model), std::to_string(s.n_head));
   }
-  if (c.data.format == DataFormat::kText && s.vocab_size < 256) {
+  if (c.data.format == DataFormat::kText && tokenizer_path.empty() && s.vocab_size < 256) {
     range_error(r, set_or("model.vocab_size", "data.format"), "model.vocab_size",
                 "at least 256 with data.format text (one token per byte)",
                 std::to_string(s.vocab_size));
@@ -705,6 +739,16 @@ Config build_config(const LeafTable& table) {
   for (const auto& [path, where] : val_paths) {
     c.data.val.push_back(resolve_input_file(path, where, "data.val", table.source()));
   }
+  if (!tokenizer_path.empty()) {
+    c.data.tokenizer = resolve_tokenizer_path(tokenizer_path, r.where("data.tokenizer"), table.source());
+  }
+  // Model work adds model.path, whose tokenizer.json becomes the default tokenizer: see
+  // tokenizer_source() in trainer/config.h.
+  if (c.data.format == DataFormat::kJsonl && tokenizer_source(c).empty()) {
+    throw InputError(detail::concat(r.where("data.format"),
+                                    ": data.tokenizer: required with data.format jsonl (a tokenizer.json "
+                                    "or a model directory)"));
+  }
   if (!c.model.weights.empty()) {
     c.model.weights = resolve_input_file(c.model.weights, r.where("model.weights"), "model.weights",
                                          table.source());
@@ -753,8 +797,24 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 }
 
 std::string_view data_format_name(DataFormat f) {
-  return f == DataFormat::kText ? "text" : "tokens";
+  switch (f) {
+    case DataFormat::kText: return "text";
+    case DataFormat::kTokens: return "tokens";
+    case DataFormat::kJsonl: return "jsonl";
+  }
+  return "?";
 }
+
+std::string_view chat_template_name(ChatTemplate t) {
+  switch (t) {
+    case ChatTemplate::kNone: return "none";
+    case ChatTemplate::kChatml: return "chatml";
+    case ChatTemplate::kLlama3: return "llama3";
+  }
+  return "?";
+}
+
+std::string tokenizer_source(const Config& c) { return c.data.tokenizer; }
 
 std::string_view lr_schedule_name(LrSchedule s) {
   return s == LrSchedule::kCosine ? "cosine" : "constant";

@@ -76,8 +76,7 @@ void fill_batch(const TokenStream& data, uint64_t seed, uint64_t step, int rank,
     const uint64_t global = static_cast<uint64_t>(rank) +
                             static_cast<uint64_t>(world) * (static_cast<uint64_t>(micro) * m + j);
     seq_ids[j] = global;
-    const size_t start = sequence_start(seed, step, global, data.size(), seq_len);
-    data.copy_sequence(start, seq_len, tokens.data() + static_cast<size_t>(j) * seq_len,
+    data.fill_sequence(seed, step, global, seq_len, tokens.data() + static_cast<size_t>(j) * seq_len,
                        targets.data() + static_cast<size_t>(j) * seq_len);
   }
 }
@@ -132,8 +131,7 @@ double evaluate(Gpt2Model& model, const TokenStream& val, const Config& cfg,
     for (int j = 0; j < n; ++j) {
       const uint64_t i = static_cast<uint64_t>(mine[begin + j]);
       ids[j] = i;
-      const size_t start = sequence_start(hash_u64(cfg.run.seed, kEvalStream), 0, i, val.size(), T);
-      val.copy_sequence(start, T, tokens.data() + static_cast<size_t>(j) * T,
+      val.fill_sequence(hash_u64(cfg.run.seed, kEvalStream), 0, i, T, tokens.data() + static_cast<size_t>(j) * T,
                         targets.data() + static_cast<size_t>(j) * T);
     }
     const float loss = model.forward(tokens.data(), targets.data(), n, T);
@@ -376,10 +374,14 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   const int threads = configure_threads(cfg.device.threads);
 
   // Data: every rank holds the whole stream; the global index decides which sequence it reads.
-  const TokenStream train_data(cfg.data.train, cfg.data.format, cfg.model.shape.vocab_size, T);
+  // Text with a tokenizer is tokenized once, by rank 0, into a cache every rank then reads.
+  const TokenStream train_data = load_token_stream(cfg, cfg.data.train, &comm);
   TokenStream val_data;
-  if (!cfg.data.val.empty())
-    val_data = TokenStream(cfg.data.val, cfg.data.format, cfg.model.shape.vocab_size, T);
+  if (!cfg.data.val.empty()) val_data = load_token_stream(cfg, cfg.data.val, &comm);
+  if (lead) {
+    for (const TokenStream* d : {&train_data, static_cast<const TokenStream*>(&val_data)})
+      for (const std::string& line : d->summary()) out << "lora: " << line << "\n";
+  }
 
   auto model = build_model(cfg);
   const std::string fingerprint = base_fingerprint(model->base_params(), model->n_base_params());

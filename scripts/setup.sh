@@ -12,6 +12,7 @@ packages=(
   googletest libgtest-dev
   python3 python3-torch python3-numpy python3-h5py python3-venv python3-pip
   fortunes fortunes-min
+  man-db  # scripts/make_whatis_dataset.py reads the manual pages' whatis database
   slurmctld slurmd slurm-client munge  # tests/slurm starts its own one-node cluster with these
 )
 

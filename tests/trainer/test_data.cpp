@@ -19,6 +19,8 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -767,6 +769,67 @@ TEST(Jsonl, EmptyAfterFilteringIsAnError) {
   const lora::Config cfg = jsonl_config(dir, ref->dir("qwen2"), "chatml", true, 4, "q.jsonl");
   EXPECT_EQ(input_error_of([&] { lora::load_token_stream(cfg, cfg.data.train, nullptr); }),
             path + ": no example left to train on (2 examples had no target tokens outside the prompt)");
+}
+
+// ---- the whatis instruction dataset (scripts/make_whatis_dataset.py) ------------------------
+
+TEST(WhatisDataset, BuildsJsonlFromTheManualPagesThatTrainsWithEveryTemplate) {
+  if (std::system("command -v apropos >/dev/null 2>&1") != 0) GTEST_SKIP() << "apropos not installed (package man-db)";
+  TempDir dir;
+  const std::string script = std::string(LORA_SOURCE_DIR) + "/scripts/make_whatis_dataset.py";
+  auto build = [&](const std::string& out, const std::string& style) {
+    const std::string cmd = lora::testing::shell_quote(LORA_PYTHON) + " " + lora::testing::shell_quote(script) + " " +
+                            lora::testing::shell_quote(out) + " --style " + style + " >/dev/null";
+    return std::system(cmd.c_str());
+  };
+  ASSERT_EQ(build(dir.file("a"), "messages"), 0);
+  ASSERT_EQ(build(dir.file("b"), "messages"), 0);
+  ASSERT_EQ(build(dir.file("p"), "prompt"), 0);
+  const std::string train = lora::testing::read_file_text(dir.file("a/train.jsonl"));
+  const std::string val = lora::testing::read_file_text(dir.file("a/val.jsonl"));
+  EXPECT_EQ(train, lora::testing::read_file_text(dir.file("b/train.jsonl"))) << "not deterministic";
+  // Every line is an example with a question and the command's description as the answer.
+  size_t n_train = 0, n_val = 0;
+  std::string ls_answer;
+  for (const auto& [text, n] : {std::pair{&train, &n_train}, std::pair{&val, &n_val}}) {
+    std::istringstream in(*text);
+    std::string line;
+    while (std::getline(in, line)) {
+      const lora::json::Value v = lora::json::parse(line);
+      const auto& m = v.find("messages")->as_array();
+      ASSERT_EQ(m.size(), 2u) << line;
+      EXPECT_EQ(m[0].find("role")->as_string(), "user");
+      EXPECT_EQ(m[1].find("role")->as_string(), "assistant");
+      if (m[1].find("content")->as_string().rfind("`ls` (section 1): ", 0) == 0) ls_answer = m[1].find("content")->as_string();
+      ++*n;
+    }
+  }
+  EXPECT_GT(n_train, 300u);
+  EXPECT_GT(n_val, n_train / 20);
+  EXPECT_LT(n_val, n_train / 5);
+  // The answer for ls is what `whatis ls` says.
+  FILE* p = ::popen("LC_ALL=C.UTF-8 whatis -s 1 ls 2>/dev/null", "r");
+  char buf[512] = {0};
+  const size_t got = p ? std::fread(buf, 1, sizeof buf - 1, p) : 0;
+  if (p) ::pclose(p);
+  std::string whatis(buf, got);
+  const size_t dash = whatis.find(" - ");
+  ASSERT_NE(dash, std::string::npos) << whatis;
+  std::string desc = whatis.substr(dash + 3);
+  while (!desc.empty() && (desc.back() == '\n' || desc.back() == '.')) desc.pop_back();
+  EXPECT_EQ(ls_answer, "`ls` (section 1): " + desc + ".");
+
+  // It loads as training data with the chat templates and, in prompt form, with none.
+  LORA_REQUIRE_REFERENCE_TOKENIZERS(ref);
+  for (const auto& [tokenizer, tmpl, file] : {std::tuple{"qwen2", "chatml", "a/val.jsonl"},
+                                              std::tuple{"llama3", "llama3", "a/val.jsonl"},
+                                              std::tuple{"sp", "none", "p/val.jsonl"}}) {
+    SCOPED_TRACE(tmpl);
+    const lora::Config cfg = jsonl_config(dir, ref->dir(tokenizer), tmpl, true, 32, dir.file(file));
+    const lora::TokenStream s = lora::load_token_stream(cfg, cfg.data.train, nullptr);
+    EXPECT_NE(s.summary()[0].find(": " + std::to_string(n_val) + " examples ("), std::string::npos) << s.summary()[0];
+    EXPECT_NE(s.summary()[0].find("; 0 filtered"), std::string::npos) << s.summary()[0];
+  }
 }
 
 }  // namespace

@@ -99,6 +99,44 @@ bool TokenMatcher::find(std::string_view text, size_t from, size_t* begin, size_
   return false;
 }
 
+void TokenIds::set(std::string_view token, int32_t id) {
+  if (2 * (n_ + 1) > slots_.size()) grow();
+  const uint64_t h = hash(token);
+  size_t slot = h & mask_;
+  while (slots_[slot].id >= 0) {
+    Slot& s = slots_[slot];
+    if (s.hash == h && s.length == token.size() && std::memcmp(text_.data() + s.offset, token.data(), token.size()) == 0) {
+      s.id = id;
+      return;
+    }
+    slot = (slot + 1) & mask_;
+  }
+  LORA_CHECK(text_.size() + token.size() < (size_t{1} << 32), "token texts exceed 4 GiB");
+  slots_[slot] = Slot{h, static_cast<uint32_t>(text_.size()), static_cast<uint32_t>(token.size()), id};
+  text_.append(token);
+  ++n_;
+}
+
+void TokenIds::grow() {
+  std::vector<Slot> old(std::max<size_t>(64, slots_.size() * 2));
+  old.swap(slots_);
+  mask_ = slots_.size() - 1;
+  for (const Slot& s : old) {
+    if (s.id < 0) continue;
+    size_t slot = s.hash & mask_;
+    while (slots_[slot].id >= 0) slot = (slot + 1) & mask_;
+    slots_[slot] = s;
+  }
+}
+
+std::vector<std::pair<std::string_view, int32_t>> TokenIds::entries() const {
+  std::vector<std::pair<std::string_view, int32_t>> out;
+  out.reserve(n_);
+  for (const Slot& s : slots_)
+    if (s.id >= 0) out.emplace_back(std::string_view(text_).substr(s.offset, s.length), s.id);
+  return out;
+}
+
 void MergeMap::reserve(size_t n) {
   size_t cap = 16;
   while (cap < 2 * n + 2) cap <<= 1;
@@ -442,33 +480,33 @@ void read_model(const json::Value& v, const std::string& source, Model* m) {
 
   const json::Value& vocab = f.required("vocab");
   if (!vocab.is_object()) f.fail("vocab", "expected an object of token -> id");
-  m->vocab.reserve(vocab.size());
   for (const auto& [token, id] : vocab.as_object()) {
     if (!id.is_integer() || id.as_int64() < 0 || id.as_int64() >= (int64_t{1} << 30)) {
       f.fail("vocab", detail::concat("token ", json::dump(json::Value(token)), ": expected an id >= 0, got ",
                                      json::dump(id)));
     }
-    m->vocab.emplace(token, static_cast<int32_t>(id.as_int64()));
+    m->vocab.set(token, static_cast<int32_t>(id.as_int64()));
   }
   if (f.has("unk_token")) {
     const std::string unk = f.string("unk_token");
-    const auto it = m->vocab.find(unk);
-    if (it == m->vocab.end()) f.fail("unk_token", detail::concat("'", unk, "' is not in the vocabulary"));
-    m->unk_id = it->second;
+    m->unk_id = m->vocab.find(unk);
+    if (m->unk_id < 0) f.fail("unk_token", detail::concat("'", unk, "' is not in the vocabulary"));
   }
   for (int b = 0; b < 256; ++b) {
     char name[8];
     std::snprintf(name, sizeof name, "<0x%02X>", b);
-    const auto it = m->vocab.find(std::string_view(name));
-    m->byte_token_id[b] = it == m->vocab.end() ? -1 : it->second;
+    m->byte_token_id[b] = m->vocab.find(std::string_view(name));
   }
 
   int32_t max_vocab_id = -1;
-  for (const auto& [token, id] : m->vocab) max_vocab_id = std::max(max_vocab_id, id);
+  for (const auto& [token, id] : m->vocab.entries()) max_vocab_id = std::max(max_vocab_id, id);
   m->in_merge.assign(static_cast<size_t>(max_vocab_id + 1), 0);
 
   const json::Value& merges = f.required("merges");
   if (!merges.is_array()) f.fail("merges", "expected an array");
+  m->right_first_bits.assign(0x110000 / 64, 0);
+  m->left_last_bits.assign(0x110000 / 64, 0);
+  auto set_bit = [](std::vector<uint64_t>& bits, char32_t cp) { bits[cp >> 6] |= uint64_t{1} << (cp & 63); };
   m->merges.reserve(merges.size());
   const std::string& prefix = m->continuing_subword_prefix;
   int32_t rank = 0;
@@ -491,21 +529,28 @@ void read_model(const json::Value& v, const std::string& source, Model* m) {
       f.fail("merges", detail::concat("merge ", rank, ": expected \"a b\" or [\"a\", \"b\"], got ",
                                       json::dump(entry)));
     }
-    const auto ia = m->vocab.find(a), ib = m->vocab.find(b);
-    if (ia == m->vocab.end() || ib == m->vocab.end()) {
+    const int32_t ia = m->vocab.find(a), ib = m->vocab.find(b);
+    if (ia < 0 || ib < 0) {
       f.fail("merges", detail::concat("merge ", rank, " (", json::dump(entry), "): '",
-                                      ia == m->vocab.end() ? a : b, "' is not in the vocabulary"));
+                                      ia < 0 ? a : b, "' is not in the vocabulary"));
     }
     std::string merged = a;
     if (!prefix.empty() && b.compare(0, prefix.size(), prefix) == 0) merged += b.substr(prefix.size());
     else merged += b;
-    const auto im = m->vocab.find(merged);
-    if (im == m->vocab.end()) {
+    const int32_t im = m->vocab.find(merged);
+    if (im < 0) {
       f.fail("merges", detail::concat("merge ", rank, " (", json::dump(entry), "): the merged token '",
                                       merged, "' is not in the vocabulary"));
     }
-    m->merges.insert(ia->second, ib->second, rank, im->second);
-    m->in_merge[ia->second] = m->in_merge[ib->second] = 1;
+    m->merges.insert(ia, ib, rank, im);
+    m->in_merge[ia] = m->in_merge[ib] = 1;
+    if (unicode::invalid_utf8_offset(a) == std::string::npos && unicode::invalid_utf8_offset(b) == std::string::npos) {
+      size_t i = 0;
+      set_bit(m->right_first_bits, unicode::next_code_point(b, &i));
+      size_t last = a.size() - 1;
+      while (last > 0 && (static_cast<unsigned char>(a[last]) & 0xC0) == 0x80) --last;
+      set_bit(m->left_last_bits, unicode::next_code_point(a, &last));
+    }
     ++rank;
   }
 }
@@ -527,7 +572,7 @@ void read_added_tokens(const json::Value& v, const std::string& source, Model* m
     t.rstrip = f.boolean_or("rstrip", false);
     t.single_word = f.boolean_or("single_word", false);
     t.normalized = f.boolean_or("normalized", !t.special);
-    m->added_ids[t.content] = t.id;
+    m->added_ids.set(t.content, t.id);
     (t.special ? specials : others).push_back(std::move(t));
   }
   m->added = std::move(specials);
@@ -550,10 +595,8 @@ void read_bos_eos(const std::string& dir, Model* m, bool* add_bos_given) {
     } else {
       throw InputError(detail::concat(source, ": ", key, ": expected a token string or {\"content\": ...}"));
     }
-    const auto ia = m->added_ids.find(name);
-    if (ia != m->added_ids.end()) return ia->second;
-    const auto iv = m->vocab.find(name);
-    if (iv != m->vocab.end()) return iv->second;
+    if (const int32_t id = m->added_ids.find(name); id >= 0) return id;
+    if (const int32_t id = m->vocab.find(name); id >= 0) return id;
     throw InputError(detail::concat(source, ": ", key, ": token '", name, "' is not in the tokenizer"));
   };
   std::error_code ec;
@@ -645,7 +688,8 @@ Tokenizer Tokenizer::build(std::string_view json_text, const std::string& source
 
   // Ids: the vocabulary and the added tokens (an added token may reuse a vocabulary id).
   int32_t max_id = -1;
-  for (const auto& [token, id] : m->vocab) max_id = std::max(max_id, id);
+  const auto vocab_entries = m->vocab.entries();
+  for (const auto& [token, id] : vocab_entries) max_id = std::max(max_id, id);
   for (const AddedToken& t : m->added) max_id = std::max(max_id, t.id);
   LORA_INPUT_CHECK(max_id >= 0, source, ": model.vocab: the vocabulary is empty");
   const size_t n = static_cast<size_t>(max_id) + 1;
@@ -653,7 +697,7 @@ Tokenizer Tokenizer::build(std::string_view json_text, const std::string& source
   m->id_valid.assign(n, 0);
   m->id_special.assign(n, 0);
   m->in_merge.resize(n, 0);  // filled by read_model up to the largest vocabulary id
-  for (const auto& [token, id] : m->vocab) {
+  for (const auto& [token, id] : vocab_entries) {
     m->id_token[id] = token;
     m->id_valid[id] = 1;
   }
@@ -674,9 +718,27 @@ Tokenizer Tokenizer::build(std::string_view json_text, const std::string& source
     m->byte_level_at_model = true;
   }
   for (int b = 0; b < 256; ++b) {
-    const auto it = m->vocab.find(byte_level_char(static_cast<uint8_t>(b)));
-    m->byte_level_id[b] = it == m->vocab.end() ? -1 : it->second;
+    m->byte_level_id[b] = m->vocab.find(byte_level_char(static_cast<uint8_t>(b)));
   }
+
+  // Cut points of BPE words (see Model::split_words).
+  if (!m->ignore_merges && m->continuing_subword_prefix.empty() && m->end_of_word_suffix.empty() &&
+      !m->byte_level_at_model) {
+    m->split_before_bits.assign(0x10000 / 64, 0);
+    m->split_after_bits.assign(0x10000 / 64, 0);
+    for (const auto& [token, id] : vocab_entries) {
+      size_t i = 0;
+      if (token.empty() || unicode::invalid_utf8_offset(token) != std::string_view::npos) continue;
+      const char32_t cp = unicode::next_code_point(token, &i);
+      if (i != token.size() || cp >= 0x10000) continue;  // single characters only
+      const uint64_t bit = uint64_t{1} << (cp & 63);
+      if (!(m->right_first_bits[cp >> 6] & bit)) m->split_before_bits[cp >> 6] |= bit;
+      if (!(m->left_last_bits[cp >> 6] & bit)) m->split_after_bits[cp >> 6] |= bit;
+    }
+    m->split_words = true;
+  }
+  m->right_first_bits = {};
+  m->left_last_bits = {};
 
   bool add_bos_given = false;
   if (!model_dir.empty()) read_bos_eos(model_dir, m.get(), &add_bos_given);
@@ -717,10 +779,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
 int Tokenizer::vocab_size() const { return static_cast<int>(model_->id_token.size()); }
 
 int32_t Tokenizer::token_id(std::string_view token) const {
-  const auto ia = model_->added_ids.find(token);
-  if (ia != model_->added_ids.end()) return ia->second;
-  const auto iv = model_->vocab.find(token);
-  return iv == model_->vocab.end() ? -1 : iv->second;
+  const int32_t id = model_->added_ids.find(token);
+  return id >= 0 ? id : model_->vocab.find(token);
 }
 
 const std::string& Tokenizer::token(int32_t id) const {

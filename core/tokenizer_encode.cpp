@@ -7,7 +7,7 @@
 // loop of tokenizers (a binary heap of candidate merges ordered by rank, then position) over a
 // flat array of symbols, with merges in an open-addressing hash table.
 #include <algorithm>
-#include <unordered_map>
+#include <cstring>
 
 #include "core/error.h"
 #include "core/tokenizer.h"
@@ -173,6 +173,88 @@ bool is_numeric(char32_t cp) {
 
 }  // namespace
 
+// Pre-token -> ids, for one thread: open addressing over a flat slot array (grown by doubling up
+// to kMaxSlots); keys and ids live in two arenas. When full it starts over empty (the next pieces
+// refill it).
+class PieceCache {
+ public:
+  PieceCache() { slots_.assign(kMinSlots, Slot{}); }
+
+  static uint64_t hash(std::string_view s) {
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ s.size();
+    size_t i = 0;
+    for (; i + 8 <= s.size(); i += 8) {
+      uint64_t w;
+      std::memcpy(&w, s.data() + i, 8);
+      h = (h ^ w) * 0xff51afd7ed558ccdull;
+      h ^= h >> 32;
+    }
+    uint64_t tail = 0;
+    std::memcpy(&tail, s.data() + i, s.size() - i);
+    h = (h ^ tail) * 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 29);
+  }
+
+  // The ids of `key` (nullptr when absent) and their count.
+  const int32_t* find(std::string_view key, uint64_t h, uint32_t* n) const {
+    const size_t mask = slots_.size() - 1;
+    for (size_t slot = h & mask;; slot = (slot + 1) & mask) {
+      const Slot& s = slots_[slot];
+      if (s.n_key == 0) return nullptr;
+      if (s.hash == h && s.n_key == key.size() && std::memcmp(keys_.data() + s.key, key.data(), key.size()) == 0) {
+        *n = s.n_ids;
+        return ids_.data() + s.ids;
+      }
+    }
+  }
+
+  void insert(std::string_view key, uint64_t h, const int32_t* ids, size_t n) {
+    if (size_ + 1 > slots_.size() / 2) {
+      if (slots_.size() < kMaxSlots) {
+        grow();
+      } else {
+        slots_.assign(kMinSlots, Slot{});
+        keys_.clear();
+        ids_.clear();
+        size_ = 0;
+      }
+    }
+    const size_t mask = slots_.size() - 1;
+    size_t slot = h & mask;
+    while (slots_[slot].n_key != 0) slot = (slot + 1) & mask;
+    slots_[slot] = Slot{h, static_cast<uint32_t>(keys_.size()), static_cast<uint32_t>(key.size()),
+                        static_cast<uint32_t>(ids_.size()), static_cast<uint32_t>(n)};
+    keys_.append(key);
+    ids_.insert(ids_.end(), ids, ids + n);
+    ++size_;
+  }
+
+ private:
+  static constexpr size_t kMinSlots = size_t{1} << 12;
+  static constexpr size_t kMaxSlots = size_t{1} << 19;  // at most half full: 262,144 pre-tokens
+  struct Slot {
+    uint64_t hash = 0;
+    uint32_t key = 0, n_key = 0;  // n_key 0: empty (empty pieces are never cached)
+    uint32_t ids = 0, n_ids = 0;
+  };
+  void grow() {
+    std::vector<Slot> old(slots_.size() * 2, Slot{});
+    old.swap(slots_);
+    const size_t mask = slots_.size() - 1;
+    for (const Slot& s : old) {
+      if (s.n_key == 0) continue;
+      size_t slot = s.hash & mask;
+      while (slots_[slot].n_key != 0) slot = (slot + 1) & mask;
+      slots_[slot] = s;
+    }
+  }
+
+  std::vector<Slot> slots_;
+  std::string keys_;
+  std::vector<int32_t> ids_;
+  size_t size_ = 0;
+};
+
 // Per-thread encoding state.
 struct EncoderState {
   struct Step {
@@ -191,19 +273,13 @@ struct EncoderState {
     int32_t pos;
     int32_t merged;
   };
-  struct CacheEntry {
-    uint32_t offset;
-    uint32_t count;
-  };
   static constexpr size_t kMaxCachedBytes = 256;
-  static constexpr size_t kMaxCacheEntries = size_t{1} << 18;
 
   explicit EncoderState(const Model& m) : model(m), steps(m.pre_tokenizer.size()) {
     for (size_t k = 0; k < steps.size(); ++k) {
       if (m.pre_tokenizer[k].regex)
         steps[k].matcher = std::make_unique<unicode::RegexMatcher>(*m.pre_tokenizer[k].regex);
     }
-    cache.reserve(1024);
   }
 
   void encode(std::string_view text, std::vector<int32_t>* ids, bool continuation);
@@ -223,8 +299,7 @@ struct EncoderState {
   std::string mapped;
   std::vector<Symbol> symbols;
   std::vector<Candidate> heap;
-  std::unordered_map<std::string, CacheEntry, StringHash, std::equal_to<>> cache;
-  std::vector<int32_t> cache_ids;
+  PieceCache cache;
   std::vector<int32_t>* out = nullptr;
   bool continuation = false;
   int depth = 0;  // split_added runs on raw text (0) then on normalized pieces (1)
@@ -457,10 +532,14 @@ void EncoderState::pre_tokenize(size_t k, std::string_view piece, bool origin) {
 
 void EncoderState::model_piece(std::string_view piece) {
   if (piece.empty()) return;
-  if (const auto it = cache.find(piece); it != cache.end()) {
-    const int32_t* ids = cache_ids.data() + it->second.offset;
-    out->insert(out->end(), ids, ids + it->second.count);
-    return;
+  const bool cacheable = piece.size() <= kMaxCachedBytes;
+  const uint64_t h = cacheable ? PieceCache::hash(piece) : 0;
+  uint32_t n_cached = 0;
+  if (cacheable) {
+    if (const int32_t* ids = cache.find(piece, h, &n_cached)) {
+      out->insert(out->end(), ids, ids + n_cached);
+      return;
+    }
   }
   const size_t before = out->size();
   std::string_view word = piece;
@@ -471,22 +550,48 @@ void EncoderState::model_piece(std::string_view piece) {
   }
   bool done = false;
   if (model.ignore_merges) {
-    if (const auto it = model.vocab.find(word); it != model.vocab.end()) {
-      out->push_back(it->second);
+    if (const int32_t id = model.vocab.find(word); id >= 0) {
+      out->push_back(id);
       done = true;
     }
   }
-  if (!done) bpe(word, piece);
-  if (piece.size() <= kMaxCachedBytes) {
-    if (cache.size() >= kMaxCacheEntries) {
-      cache.clear();
-      cache_ids.clear();
+  if (!done && model.split_words && word.size() > 16) {
+    // Cut the word where no merge can join (see Model::split_before) and run BPE on each part,
+    // through the cache: long pre-tokens (a whole line without a pre-tokenizer) cost what their
+    // words cost.
+    size_t start = 0, i = 0;
+    auto part = [&](size_t b, size_t e) {
+      const std::string_view w = word.substr(b, e - b);
+      const bool small = w.size() <= kMaxCachedBytes;
+      const uint64_t hp = small ? PieceCache::hash(w) : 0;
+      uint32_t n = 0;
+      if (small) {
+        if (const int32_t* ids = cache.find(w, hp, &n)) {
+          out->insert(out->end(), ids, ids + n);
+          return;
+        }
+      }
+      const size_t at = out->size();
+      bpe(w, w);
+      if (small) cache.insert(w, hp, out->data() + at, out->size() - at);
+    };
+    while (i < word.size()) {
+      const size_t at = i;
+      const char32_t cp = unicode::next_code_point(word, &i);
+      if (at > start && model.splits_before(cp)) {
+        part(start, at);
+        start = at;
+      }
+      if (model.splits_after(cp)) {
+        part(start, i);
+        start = i;
+      }
     }
-    const size_t count = out->size() - before;
-    cache.emplace(std::string(piece),
-                  CacheEntry{static_cast<uint32_t>(cache_ids.size()), static_cast<uint32_t>(count)});
-    cache_ids.insert(cache_ids.end(), out->begin() + static_cast<std::ptrdiff_t>(before), out->end());
+    if (start < word.size()) part(start, word.size());
+    done = true;
   }
+  if (!done) bpe(word, piece);
+  if (cacheable) cache.insert(piece, h, out->data() + before, out->size() - before);
 }
 
 // tokenizers' BPE::merge_word: the initial symbols of a word (one per character, or its
@@ -525,12 +630,12 @@ void EncoderState::bpe(std::string_view word, std::string_view raw) {
         if (i >= word.size()) unit += model.end_of_word_suffix;
         u = unit;
       }
-      if (const auto it = model.vocab.find(u); it != model.vocab.end()) {
+      if (const int32_t id = model.vocab.find(u); id >= 0) {
         if (pending_unk) {
           push(model.unk_id);
           pending_unk = false;
         }
-        push(it->second);
+        push(id);
         continue;
       }
       if (model.byte_fallback) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -19,11 +20,55 @@
 
 namespace lora::tokenizer_detail {
 
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+// Token text -> id: open addressing over a flat slot array, the texts in one arena. Built once
+// while loading, then only read (lookups of pre-tokens and characters are on the encoding path).
+class TokenIds {
+ public:
+  // Sets the id of `token` (replacing an earlier one).
+  void set(std::string_view token, int32_t id);
+  // The id of `token`, or -1.
+  int32_t find(std::string_view token) const {
+    if (n_ == 0) return -1;
+    const uint64_t h = hash(token);
+    for (size_t slot = h & mask_;; slot = (slot + 1) & mask_) {
+      const Slot& s = slots_[slot];
+      if (s.id < 0) return -1;
+      if (s.hash == h && s.length == token.size() &&
+          std::memcmp(text_.data() + s.offset, token.data(), token.size()) == 0)
+        return s.id;
+    }
+  }
+  size_t size() const { return n_; }
+  // Every (token, id), in no particular order.
+  std::vector<std::pair<std::string_view, int32_t>> entries() const;
+
+  static uint64_t hash(std::string_view s) {
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ s.size();
+    size_t i = 0;
+    for (; i + 8 <= s.size(); i += 8) {
+      uint64_t w;
+      std::memcpy(&w, s.data() + i, 8);
+      h = (h ^ w) * 0xff51afd7ed558ccdull;
+      h ^= h >> 32;
+    }
+    uint64_t tail = 0;
+    std::memcpy(&tail, s.data() + i, s.size() - i);
+    h = (h ^ tail) * 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 29);
+  }
+
+ private:
+  struct Slot {
+    uint64_t hash = 0;
+    uint32_t offset = 0, length = 0;
+    int32_t id = -1;  // -1: empty
+  };
+  void grow();
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+  size_t n_ = 0;
+  std::string text_;
 };
-using StringIdMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
 
 struct AddedToken {
   int32_t id = -1;
@@ -139,7 +184,7 @@ struct Model {
   uint64_t fingerprint = 0;
 
   // BPE
-  StringIdMap vocab;                  // the model's vocabulary
+  TokenIds vocab;                     // the model's vocabulary
   std::vector<std::string> id_token;  // id -> token text (vocabulary and added tokens)
   std::vector<uint8_t> id_special;    // 1 for added tokens marked special
   std::vector<uint8_t> id_valid;      // 1 for ids that name a token
@@ -153,11 +198,27 @@ struct Model {
   std::string end_of_word_suffix;
   int32_t byte_token_id[256];  // ids of <0x00>..<0xFF>, -1 when absent
 
+  // Where BPE can cut a word without changing its ids. No merge joins a symbol to a following
+  // symbol that starts with a character no merge's right side starts with ("▁" in SentencePiece
+  // vocabularies), nor a symbol that ends with a character no merge's left side ends with to the
+  // next. Only characters that are vocabulary tokens themselves count (not byte fallbacks, not the
+  // unknown token), and only without ignore_merges, a subword prefix or suffix, or the byte-level
+  // mapping at the model (then pre-tokens are short anyway).
+  bool split_words = false;
+  std::vector<uint64_t> split_before_bits, split_after_bits;  // over code points < 0x10000
+  bool splits_before(char32_t cp) const {
+    return cp < 0x10000 && (split_before_bits[cp >> 6] >> (cp & 63) & 1);
+  }
+  bool splits_after(char32_t cp) const {
+    return cp < 0x10000 && (split_after_bits[cp >> 6] >> (cp & 63) & 1);
+  }
+  std::vector<uint64_t> right_first_bits, left_last_bits;  // while loading: over all code points
+
   // Added tokens: special ones first, then the others, in file order (tokenizers' match order).
   std::vector<AddedToken> added;
   TokenMatcher raw_matcher;         // tokens with normalized false, matched on the raw text
   TokenMatcher normalized_matcher;  // tokens with normalized true, matched after normalization
-  StringIdMap added_ids;            // content -> id
+  TokenIds added_ids;               // content -> id
 
   std::vector<NormalizerStep> normalizer;
   std::vector<PreTokenizerStep> pre_tokenizer;

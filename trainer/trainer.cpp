@@ -161,7 +161,13 @@ void flatten_yaml(const YAML::Node& node, const std::string& prefix,
 const std::set<std::string> kFrozenOnResume = {
     "model.arch", "model.vocab_size", "model.n_layer", "model.n_head", "model.d_model",
     "model.max_seq_len", "lora.rank", "lora.alpha", "lora.rslora", "lora.targets", "train.mode",
-    "run.seed", "data.format", "data.seq_len"};
+    "run.seed", "data.format", "data.seq_len", "data.tokenizer", "data.template", "data.mask_prompt",
+    "data.pack"};
+
+// Keys added after checkpoints already existed, with the value that means what their absence
+// meant: a checkpoint without the key resumes under that value.
+const std::map<std::string, std::string> kAddedKeyDefaults = {
+    {"data.tokenizer", "~"}, {"data.template", "none"}, {"data.mask_prompt", "true"}, {"data.pack", "true"}};
 
 // Resume state that every rank needs, sent from rank 0 (only rank 0 reads the file).
 struct ResumeScalars {
@@ -184,6 +190,10 @@ std::vector<std::string> resume_config_changes(const std::string& ckpt_yaml, con
     auto it = old_keys.find(key);
     const std::string old_value = it == old_keys.end() ? "(unset)" : it->second;
     if (old_value == value) continue;
+    if (it == old_keys.end()) {
+      const auto d = kAddedKeyDefaults.find(key);
+      if (d != kAddedKeyDefaults.end() && d->second == value) continue;
+    }
     if (kFrozenOnResume.count(key))
       throw InputError(path + ": cannot resume with " + key + " = " + value +
                        ": the checkpoint was trained with " + key + " = " + old_value);

@@ -1,11 +1,15 @@
 // Tokenizers trained by Hugging Face `tokenizers` itself (tests/core/tokenizer_reference.py) in
-// the reference-test environment (LORA_REF_PYTHON, made by scripts/setup_python.sh), once per test
-// process, into a temp directory: <dir>/<style>/tokenizer.json for the styles gpt2, llama3,
-// qwen2, sp, sp_metaspace and mixed. Tests skip, saying why, when the environment is missing.
+// the reference-test environment (LORA_REF_PYTHON, made by scripts/setup_python.sh):
+// <dir>/<style>/tokenizer.json for the styles gpt2, llama3, qwen2, sp, sp_metaspace and mixed.
+// Training takes seconds, and every test runs in its own process, so the set is trained once into
+// <temp>/lora_ref_tokenizers_<hash of the training script> (built in a private directory and
+// renamed into place, so concurrent tests never see half a set) and reused while the script is
+// unchanged. Tests skip, saying why, when the environment is missing.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -57,7 +61,7 @@ class ReferenceTokenizers {
     return instance.get();
   }
 
-  std::string dir(const std::string& style) const { return (tmp_.path() / style).string(); }
+  std::string dir(const std::string& style) const { return (shared_ / style).string(); }
   std::string json(const std::string& style) const { return dir(style) + "/tokenizer.json"; }
   const TempDir& tmp() const { return tmp_; }
 
@@ -105,21 +109,37 @@ class ReferenceTokenizers {
     return true;
   }
 
-  ReferenceTokenizers() : tmp_("lora_ref_tokenizers") {}
+  ReferenceTokenizers() : tmp_("lora_ref_scratch") {}
 
  private:
   bool train(std::string* why) {
     if (!environment_ok(why)) return false;
+    const std::string text = read_file_text(script());
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned char c : text + LORA_REF_PYTHON) h = (h ^ c) * 1099511628211ull;
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+    shared_ = std::filesystem::temp_directory_path() / (std::string("lora_ref_tokenizers_") + hex);
+    if (std::filesystem::exists(shared_ / "done")) return true;
+    const std::filesystem::path mine = tmp_.path() / "set";
     const std::string cmd = shell_quote(LORA_REF_PYTHON) + " " + shell_quote(script()) + " train " +
-                            shell_quote(tmp_.str());
+                            shell_quote(mine.string());
     if (std::system(cmd.c_str()) != 0) {
       *why = "training the reference tokenizers failed: " + cmd;
+      return false;
+    }
+    write_file_text((mine / "done").string(), "");
+    std::error_code ec;
+    std::filesystem::rename(mine, shared_, ec);  // fails when another test got there first
+    if (!std::filesystem::exists(shared_ / "done")) {
+      *why = "cannot place the reference tokenizers at " + shared_.string() + ": " + ec.message();
       return false;
     }
     return true;
   }
 
   TempDir tmp_;
+  std::filesystem::path shared_;
 };
 
 }  // namespace lora::testing

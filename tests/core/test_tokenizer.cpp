@@ -97,7 +97,10 @@ std::vector<Text> held_out_texts() {
 
 std::string show(const std::vector<int32_t>& ids) {
   std::string s;
-  for (size_t i = 0; i < ids.size(); ++i) s += (i ? " " : "") + std::to_string(ids[i]);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) s.push_back(' ');
+    s += std::to_string(ids[i]);
+  }
   return s;
 }
 
@@ -129,7 +132,8 @@ TEST_P(StyleTest, SameIdsAndDecodingAsHuggingFaceTokenizers) {
 TEST_P(StyleTest, DecodeOfEncodeIsTheText) {
   LORA_REQUIRE_REFERENCE_TOKENIZERS(ref);
   const std::string style = GetParam();
-  if (style == "mixed") GTEST_SKIP() << "the mixed style lowercases and strips: it is lossy by design";
+  if (style == "mixed" || style == "gpt2_prefix" || style == "sp_never")
+    GTEST_SKIP() << style << " normalizes lossily or adds a space: not a round trip by design";
   const Tokenizer tok = Tokenizer::load(ref->json(style));
   const bool sentencepiece = style == "sp" || style == "sp_metaspace";
   int checked = 0;
@@ -174,7 +178,8 @@ TEST_P(StyleTest, ContinuationPartsEqualTheWhole) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Styles, StyleTest,
-                         ::testing::Values("gpt2", "llama3", "qwen2", "sp", "sp_metaspace", "mixed"),
+                         ::testing::Values("gpt2", "llama3", "qwen2", "sp", "sp_metaspace", "mixed",
+                                           "gpt2_prefix", "sp_never"),
                          [](const auto& info) { return std::string(info.param); });
 
 TEST(Tokenizer, NewlineBoundaryHoldsForTheShippedStyles) {

@@ -19,6 +19,9 @@ Styles (each with added special tokens, and non-special added tokens where the s
   mixed        NFKC + Lowercase + Strip normalizer, Digits / Split(String) / Metaspace(always)
                pre-tokenizers, Metaspace decoder, normalized added tokens with lstrip, rstrip and
                single_word
+  gpt2_prefix  the gpt2 model with NFD + StripAccents + Replace(Regex) normalizers and ByteLevel
+               with add_prefix_space (RoBERTa style)
+  sp_never     the sp model with Metaspace(prepend_scheme never, split true) and a Metaspace decoder
 """
 import glob
 import gzip
@@ -174,6 +177,22 @@ def train(out):
             {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
     save(tok, os.path.join(out, "sp_metaspace"),
          {"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}, sp_metaspace_edit)
+
+    def gpt2_prefix_edit(data):
+        data["normalizer"] = {"type": "Sequence", "normalizers": [
+            {"type": "NFD"}, {"type": "StripAccents"},
+            {"type": "Replace", "pattern": {"Regex": "[0-9]{4,}"}, "content": "<num>"}]}
+        data["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                                 "use_regex": True}
+    save(Tokenizer.from_file(os.path.join(out, "gpt2", "tokenizer.json")), os.path.join(out, "gpt2_prefix"),
+         None, gpt2_prefix_edit)
+
+    def sp_never_edit(data):
+        data["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never",
+                                 "split": True}
+        data["decoder"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}
+    save(Tokenizer.from_file(os.path.join(out, "sp_metaspace", "tokenizer.json")), os.path.join(out, "sp_never"),
+         None, sp_never_edit)
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(),

@@ -31,6 +31,9 @@
 #include "tests/common/reference_tokenizers.h"
 #include "trainer/config.h"
 #include "trainer/data.h"
+#include "trainer/trainer.h"
+
+#include <yaml-cpp/yaml.h>
 
 namespace fs = std::filesystem;
 
@@ -830,6 +833,27 @@ TEST(WhatisDataset, BuildsJsonlFromTheManualPagesThatTrainsWithEveryTemplate) {
     EXPECT_NE(s.summary()[0].find(": " + std::to_string(n_val) + " examples ("), std::string::npos) << s.summary()[0];
     EXPECT_NE(s.summary()[0].find("; 0 filtered"), std::string::npos) << s.summary()[0];
   }
+}
+
+// ---- resuming with data keys -----------------------------------------------------------------
+
+TEST(DataOnResume, TemplateMaskPackAndTokenizerAreFrozenAndOldCheckpointsStillResume) {
+  TempDir dir;
+  dir.write_text("t.txt", "some text for the config");
+  const lora::Config cfg = lora::load_config(write_config(dir, "train: t.txt"));
+  // A checkpoint written before the data keys existed: their defaults are no change.
+  YAML::Node old = YAML::Load(cfg.resolved_yaml);
+  for (const char* k : {"tokenizer", "template", "mask_prompt", "pack"}) old["data"].remove(k);
+  YAML::Emitter e;
+  e << old;
+  EXPECT_TRUE(lora::resume_config_changes(e.c_str(), cfg, "old.h5").empty());
+  // A changed template (or mask, packing, tokenizer) changes the data a step sees: refused.
+  const lora::Config chat = lora::load_config(write_config(dir, "train: t.txt, template: chatml"));
+  EXPECT_EQ(input_error_of([&] { lora::resume_config_changes(cfg.resolved_yaml, chat, "c.h5"); }),
+            "c.h5: cannot resume with data.template = chatml: the checkpoint was trained with data.template = none");
+  const lora::Config unpacked = lora::load_config(write_config(dir, "train: t.txt, pack: false"));
+  EXPECT_NE(input_error_of([&] { lora::resume_config_changes(cfg.resolved_yaml, unpacked, "c.h5"); }).find("data.pack"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/json.h"
 #include "core/rng.h"
 #include "core/tokenizer_model.h"
@@ -160,21 +161,6 @@ namespace {
 
 using namespace tokenizer_detail;
 namespace fs = std::filesystem;
-
-// Hash of a byte string, 8 bytes at a time through mix64 (a content key, not for security).
-uint64_t content_hash(const void* data, size_t n, uint64_t seed) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t h = mix64(seed ^ n);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    h = mix64(h ^ w);
-  }
-  uint64_t tail = 0;
-  for (int k = 0; i < n; ++i, ++k) tail |= static_cast<uint64_t>(p[i]) << (8 * k);
-  return mix64(h ^ tail ^ 0x9E3779B97F4A7C15ull);
-}
 
 std::string read_text_file(const std::string& path, const char* what) {
   std::error_code ec;
@@ -603,7 +589,7 @@ void read_bos_eos(const std::string& dir, Model* m, bool* add_bos_given) {
   if (fs::is_regular_file(config_path, ec)) {
     const std::string source = config_path.string();
     const std::string text = read_text_file(source, "tokenizer config");
-    m->fingerprint = content_hash(text.data(), text.size(), m->fingerprint);
+    m->fingerprint = hash_bytes(text.data(), text.size(), m->fingerprint);
     const json::Value cfg = parse_json_file(text, source);
     Fields f(cfg, "", source);
     m->bos_id = token_of(cfg, "bos_token", source);
@@ -616,7 +602,7 @@ void read_bos_eos(const std::string& dir, Model* m, bool* add_bos_given) {
   if (fs::is_regular_file(model_config_path, ec) && (m->bos_id < 0 || m->eos_id < 0)) {
     const std::string source = model_config_path.string();
     const std::string text = read_text_file(source, "model config");
-    m->fingerprint = content_hash(text.data(), text.size(), m->fingerprint);
+    m->fingerprint = hash_bytes(text.data(), text.size(), m->fingerprint);
     const json::Value cfg = parse_json_file(text, source);
     Fields f(cfg, "", source);
     auto id_of = [&](std::string_view key) -> int32_t {
@@ -673,7 +659,7 @@ Tokenizer Tokenizer::build(std::string_view json_text, const std::string& source
                            const std::string& model_dir) {
   auto m = std::make_shared<Model>();
   m->source = source;
-  m->fingerprint = content_hash(json_text.data(), json_text.size(), 0x746f6b656e697a65ull);
+  m->fingerprint = hash_bytes(json_text.data(), json_text.size(), 0x746f6b656e697a65ull);
   const json::Value root = parse_json_file(json_text, source);
   Fields top(root, "", source);
   read_model(top.required("model"), source, m.get());

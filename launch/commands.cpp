@@ -29,7 +29,7 @@ namespace {
 constexpr int kExitSignal = 75;       // stopped by SIGTERM/SIGUSR1 after a checkpoint
 constexpr int kExitInterrupted = 130; // stopped by Ctrl-C after a checkpoint
 
-std::unique_ptr<Gpt2Model> model_for_inference(const Config& cfg, const std::string& adapter) {
+std::unique_ptr<Model> model_for_inference(const Config& cfg, const std::string& adapter) {
   configure_threads(cfg.device.threads);
   auto model = build_model(cfg);
   if (!adapter.empty()) load_checkpoint_weights(*model, cfg, adapter);
@@ -102,7 +102,7 @@ int run_generate(World& world, const GenerateArgs& args) {
   LORA_INPUT_CHECK(args.temperature >= 0.0f, "--temperature: expected >= 0, got ", args.temperature);
   if (world.rank() != 0) return 0;  // generation is a single-process job
   auto model = model_for_inference(cfg, args.adapter);
-  const int V = cfg.model.shape.vocab_size, max_t = cfg.model.shape.max_seq_len;
+  const int V = cfg.model.spec.vocab_size, max_t = cfg.model.spec.max_seq_len;
   // With a tokenizer the prompt is tokenized (BOS first when the tokenizer adds one) and the
   // output decoded; generation stops at EOS.
   std::optional<Tokenizer> tokenizer;

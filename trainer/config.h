@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/model/lora_layout.h"
-#include "core/model/shape.h"
+#include "core/model/spec.h"
 
 namespace lora {
 
@@ -31,10 +31,11 @@ struct RunConfig {
 };
 
 struct ModelConfig {
-  std::string arch = "gpt2";
-  std::string weights;  // empty: random init from run.seed
-  ModelShape shape;
+  std::string path;     // a Hugging Face model directory (config.json + safetensors), or empty
+  std::string weights;  // one safetensors file in the family's names; empty with neither: random
+  ModelSpec spec;       // arch and sizes: from path's config.json, or from the YAML keys
   std::string dtype = "fp32";  // fp32 | bf16 (bf16 is for the CUDA backend)
+  const std::string& arch() const { return spec.arch; }
 };
 
 struct DataConfig {
@@ -110,8 +111,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
 
 std::string_view data_format_name(DataFormat f);
 std::string_view chat_template_name(ChatTemplate t);
-// The tokenizer the data uses: data.tokenizer (the model directory of model.path is the place for
-// a default once the config has one). Empty: none (text bytes are the tokens).
+// The tokenizer the data uses: data.tokenizer, else model.path when that directory holds a
+// tokenizer.json. Empty: none (text bytes are the tokens).
 std::string tokenizer_source(const Config& c);
 std::string_view lr_schedule_name(LrSchedule s);
 std::string_view train_mode_name(TrainMode m);

@@ -23,6 +23,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/json.h"
 #include "core/rng.h"
 #include "core/unicode.h"
@@ -36,21 +37,6 @@ namespace {
 constexpr int32_t kShardMagic = 20240520;
 constexpr size_t kShardHeaderInts = 256;
 constexpr size_t kShardHeaderBytes = kShardHeaderInts * sizeof(int32_t);
-
-// Hash of a byte string, 8 bytes at a time through mix64 (a content key, not for security).
-uint64_t content_hash(const void* data, size_t n, uint64_t seed) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t h = mix64(seed ^ n);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    h = mix64(h ^ w);
-  }
-  uint64_t tail = 0;
-  for (int k = 0; i < n; ++i, ++k) tail |= static_cast<uint64_t>(p[i]) << (8 * k);
-  return mix64(h ^ tail ^ 0x9E3779B97F4A7C15ull);
-}
 
 int32_t read_i32_le(const unsigned char* p) {
   const uint32_t v = static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
@@ -443,7 +429,7 @@ std::string token_cache_path(const std::string& text_path, const Tokenizer& toke
   while (in) {
     in.read(block.data(), static_cast<std::streamsize>(block.size()));
     const size_t got = static_cast<size_t>(in.gcount());
-    if (got > 0) key = content_hash(block.data(), got, key);
+    if (got > 0) key = hash_bytes(block.data(), got, key);
   }
   key = hash_u64(key, 2 /* cache format: version 2 shard, BOS/EOS per file */);
   char hex[17];
@@ -728,7 +714,7 @@ void load_tokenized_text(const Config& cfg, const std::vector<std::string>& path
       const std::string far = (fs::path(cfg.run.output_dir) / "token-cache" / fs::path(near).filename()).string();
       cache = readable_shard(near) ? near : far;
     }
-    append_shard(cache, read_data_file(cache), cfg.model.shape.vocab_size, tokens);
+    append_shard(cache, read_data_file(cache), cfg.model.spec.vocab_size, tokens);
   }
 }
 
@@ -759,8 +745,8 @@ void load_jsonl(const Config& cfg, const std::vector<std::string>& paths, const 
       const RenderedExample ex = render_example(line, where, cfg.data.chat_template, tokenizer);
       tokenize_example(ex, tokenizer, &encoder, cfg.data.mask_prompt, &ids, &trained);
       for (int32_t id : ids) {
-        LORA_INPUT_CHECK(id < cfg.model.shape.vocab_size, where, ": token id ", id, " is >= model.vocab_size ",
-                         cfg.model.shape.vocab_size);
+        LORA_INPUT_CHECK(id < cfg.model.spec.vocab_size, where, ": token id ", id, " is >= model.vocab_size ",
+                         cfg.model.spec.vocab_size);
       }
       size_t n = ids.size();
       if (n > static_cast<size_t>(T) + 1) {
@@ -807,11 +793,11 @@ TokenStream load_token_stream(const Config& cfg, const std::vector<std::string>&
   const std::string tokenizer_path = tokenizer_source(cfg);
   const bool tokenized = cfg.data.format == DataFormat::kJsonl ||
                          (cfg.data.format == DataFormat::kText && !tokenizer_path.empty());
-  if (!tokenized) return TokenStream(paths, cfg.data.format, cfg.model.shape.vocab_size, cfg.data.seq_len);
+  if (!tokenized) return TokenStream(paths, cfg.data.format, cfg.model.spec.vocab_size, cfg.data.seq_len);
   LORA_INPUT_CHECK(!paths.empty(), "data: expected at least one data file");
   const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
-  LORA_INPUT_CHECK(tokenizer.vocab_size() <= cfg.model.shape.vocab_size, cfg.source_path,
-                   ": model.vocab_size ", cfg.model.shape.vocab_size, " is smaller than the vocabulary of ",
+  LORA_INPUT_CHECK(tokenizer.vocab_size() <= cfg.model.spec.vocab_size, cfg.source_path,
+                   ": model.vocab_size ", cfg.model.spec.vocab_size, " is smaller than the vocabulary of ",
                    tokenizer.source(), " (", tokenizer.vocab_size(), " ids)");
   TokenStream s;
   if (cfg.data.format == DataFormat::kText) {

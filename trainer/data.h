@@ -30,13 +30,14 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "core/ops/cross_entropy.h"
 #include "core/tokenizer.h"
 #include "trainer/config.h"
 
 namespace lora {
 
-// A target the loss must skip (a prompt token under mask_prompt, a pad).
-constexpr int32_t kIgnoreTarget = -1;
+// A target the loss must skip (a prompt token under mask_prompt, a pad): the loss's own marker.
+inline constexpr int32_t kIgnoreTarget = ops::kIgnoreTarget;
 
 class TokenStream {
  public:

@@ -454,7 +454,7 @@ TEST(TokenizedText, CachedNextToTheDataAndReusedByALaterRun) {
   });
   EXPECT_NE(msg.find("duplicate key"), std::string::npos) << msg;  // (the helper writes model: once more)
   lora::Config small = cfg;
-  small.model.shape.vocab_size = 1000;
+  small.model.spec.vocab_size = 1000;
   EXPECT_EQ(input_error_of([&] { lora::load_token_stream(small, small.data.train, nullptr); }),
             dir.file("config.yaml") + ": model.vocab_size 1000 is smaller than the vocabulary of " + ref->dir("llama3") +
                 "/tokenizer.json (4000 ids)");

@@ -13,7 +13,6 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/json.h"
-#include "core/rng.h"
 #include "core/tokenizer_model.h"
 
 namespace lora {

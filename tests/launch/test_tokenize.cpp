@@ -1,9 +1,12 @@
 // `lora tokenize` end to end against Hugging Face tokenizers (ids line by line from a file and from
 // standard input, decoding back to the text, every bad input with exit 2 and its message), and
 // tokenized text training under mpirun: rank 0 tokenizes once into the cache next to the data, every
-// rank trains on it, a second run reads the cache; generate tokenizes its prompt and decodes.
+// rank trains on it, a second run reads the cache; generate tokenizes its prompt and decodes;
+// instruction JSONL training with masked targets, packed and one example per sequence, giving the
+// same losses on 2 ranks as on 1 with the same global batch.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <sstream>
 #include <string>
@@ -142,6 +145,45 @@ TEST(TokenizedTextTraining, RankZeroTokenizesOnceAndEveryRankReadsTheCache) {
   r = run_command(lora_cmd("generate " + (dir / "c.yaml") + " --prompt 'the cat sees' --tokens 4"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(r.output.rfind("the cat sees", 0), 0u) << r.output;
+}
+
+TEST(JsonlTraining, TwoRanksEqualOneRankWithMaskedTargets) {
+  LORA_REQUIRE_REFERENCE_TOKENIZERS(ref);
+  testing::ScratchDir dir("jsonl_training");
+  // Examples of uneven lengths, so sequences hold very different numbers of trained targets.
+  std::ostringstream jsonl;
+  const char* words[] = {"alpha", "beta", "gamma", "delta", "echo", "foxtrot", "golf", "hotel"};
+  for (int i = 0; i < 60; ++i) {
+    std::string answer;
+    for (int k = 0; k <= (i * 7) % 23; ++k) answer += std::string(k ? " " : "") + words[(i + k) % 8];
+    jsonl << R"({"messages": [{"role": "user", "content": "Spell item )" << i << R"(."}, {"role": "assistant", "content": ")"
+          << answer << "\"}]}\n";
+  }
+  write_file(dir / "train.jsonl", jsonl.str());
+  for (const char* pack : {"true", "false"}) {
+    SCOPED_TRACE(std::string("pack ") + pack);
+    auto run = [&](int ranks, int micro_batch, const std::string& out) {
+      std::ostringstream cfg;
+      cfg << "run: {name: j, output_dir: " << (dir / out) << ", seed: 5}\n"
+          << "model: {vocab_size: 3072, n_layer: 1, n_head: 2, d_model: 32, max_seq_len: 48}\n"
+          << "data: {train: " << (dir / "train.jsonl") << ", format: jsonl, seq_len: 48, template: chatml, pack: "
+          << pack << ", tokenizer: " << ref->dir("gpt2") << "}\n"
+          << "train: {micro_batch: " << micro_batch << ", steps: 4, lr: 0.01, log_every: 1}\n"
+          << "device: {threads: 1}\n";
+      write_file(dir / (out + ".yaml"), cfg.str());
+      const std::string launcher = ranks > 1 ? mpirun(ranks) + " " : "";
+      const auto r = run_command(launcher + testing::lora_bin() + " train " + (dir / (out + ".yaml")));
+      EXPECT_EQ(r.exit_code, 0) << r.output;
+      return testing::read_losses(dir / out + "/metrics.jsonl");
+    };
+    const auto one = run(1, 4, std::string("one_") + pack), two = run(2, 2, std::string("two_") + pack);
+    ASSERT_EQ(one.size(), 4u);
+    ASSERT_EQ(two.size(), 4u);
+    for (const auto& [step, loss] : one) {
+      EXPECT_TRUE(std::isfinite(loss));
+      EXPECT_NEAR(two.at(step), loss, 1e-5 * std::max(1.0, std::abs(loss))) << "step " << step;
+    }
+  }
 }
 
 }  // namespace

@@ -84,8 +84,10 @@ options:
 
 const char* kGenerateHelp = R"(usage: lora generate CONFIG.yaml --prompt TEXT [options]
 
-Continues TEXT with the model of the config (byte-level text models; for token-format models the
-prompt is a comma-separated list of token ids and the output is token ids).
+Continues TEXT with the model of the config. With a tokenizer (data.tokenizer, or model.path's
+tokenizer.json) the prompt is tokenized, the output decoded, and generation stops at EOS; without
+one, byte-level text models take and print bytes, and token-format models take a comma-separated
+list of token ids and print token ids.
 
 options:
   --prompt TEXT          the text to continue (required)

@@ -78,8 +78,7 @@ void fill_batch(const TokenStream& data, uint64_t seed, uint64_t step, int rank,
     const uint64_t global = static_cast<uint64_t>(rank) +
                             static_cast<uint64_t>(world) * (static_cast<uint64_t>(micro) * m + j);
     seq_ids[j] = global;
-    const size_t start = sequence_start(seed, step, global, data.size(), seq_len);
-    data.copy_sequence(start, seq_len, tokens + static_cast<size_t>(j) * seq_len,
+    data.fill_sequence(seed, step, global, seq_len, tokens + static_cast<size_t>(j) * seq_len,
                        targets + static_cast<size_t>(j) * seq_len);
   }
 }
@@ -137,8 +136,7 @@ double evaluate(Model& model, const TokenStream& val, const Config& cfg, comm::C
     for (int j = 0; j < n; ++j) {
       const uint64_t i = static_cast<uint64_t>(mine[begin + j]);
       ids[j] = i;
-      const size_t start = sequence_start(hash_u64(cfg.run.seed, kEvalStream), 0, i, val.size(), T);
-      val.copy_sequence(start, T, tokens.data() + static_cast<size_t>(j) * T,
+      val.fill_sequence(hash_u64(cfg.run.seed, kEvalStream), 0, i, T, tokens.data() + static_cast<size_t>(j) * T,
                         targets.data() + static_cast<size_t>(j) * T);
     }
     const float loss = model.forward(tokens.data(), targets.data(), n, T);
@@ -169,7 +167,13 @@ const std::set<std::string> kFrozenOnResume = {
     "model.arch", "model.vocab_size", "model.n_layer", "model.n_head", "model.n_kv_head",
     "model.d_model", "model.d_ff", "model.max_seq_len", "model.rope_theta",
     "model.tie_embeddings", "lora.rank", "lora.alpha", "lora.rslora", "lora.targets",
-    "train.mode", "run.seed", "data.format", "data.seq_len"};
+    "train.mode", "run.seed", "data.format", "data.seq_len", "data.tokenizer", "data.template",
+    "data.mask_prompt", "data.pack"};
+
+// Keys added after checkpoints already existed, with the value that means what their absence
+// meant: a checkpoint without the key resumes under that value with no change to report.
+const std::map<std::string, std::string> kAddedKeyDefaults = {
+    {"data.tokenizer", "~"}, {"data.template", "none"}, {"data.mask_prompt", "true"}, {"data.pack", "true"}};
 
 // Resume state that every rank needs, sent from rank 0 (only rank 0 reads the file).
 struct ResumeScalars {
@@ -192,6 +196,10 @@ std::vector<std::string> resume_config_changes(const std::string& ckpt_yaml, con
     auto it = old_keys.find(key);
     const std::string old_value = it == old_keys.end() ? "(unset)" : it->second;
     if (old_value == value) continue;
+    if (it == old_keys.end()) {
+      const auto d = kAddedKeyDefaults.find(key);
+      if (d != kAddedKeyDefaults.end() && d->second == value) continue;
+    }
     // A key the checkpoint's config does not have was added after it was written (model.n_kv_head,
     // say); the model spec itself is compared by check_checkpoint_fits.
     if (kFrozenOnResume.count(key) && it != old_keys.end())
@@ -420,10 +428,14 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   const int threads = configure_threads(cfg.device.threads);
 
   // Data: every rank holds the whole stream; the global index decides which sequence it reads.
-  const TokenStream train_data(cfg.data.train, cfg.data.format, cfg.model.spec.vocab_size, T);
+  // Text with a tokenizer is tokenized once, by rank 0, into a cache every rank then reads.
+  const TokenStream train_data = load_token_stream(cfg, cfg.data.train, &comm);
   TokenStream val_data;
-  if (!cfg.data.val.empty())
-    val_data = TokenStream(cfg.data.val, cfg.data.format, cfg.model.spec.vocab_size, T);
+  if (!cfg.data.val.empty()) val_data = load_token_stream(cfg, cfg.data.val, &comm);
+  if (lead) {
+    for (const TokenStream* d : {&train_data, static_cast<const TokenStream*>(&val_data)})
+      for (const std::string& line : d->summary()) out << "lora: " << line << "\n";
+  }
 
   auto model = build_model(cfg);
   const std::string fingerprint = model->base_fingerprint();

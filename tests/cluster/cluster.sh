@@ -16,6 +16,8 @@
 #                              5 s), removes the namespaces and the UTS bind mounts; safe to call
 #                              twice and after a partial start
 #   on_host HOST CMD...        runs CMD inside HOST's network and UTS namespaces
+#   exec_on_host HOST CMD...   the same, replacing the calling (sub)shell: `exec_on_host node1
+#                              mpirun ... &` makes $! the pid of mpirun itself
 #   host_addr HOST             the host's address (node2 -> 10.231.0.2)
 #   host_pids HOST             pids of the processes in HOST's network namespace, one a line
 #   host_lora_pids HOST        the subset whose command is lora
@@ -59,6 +61,12 @@ on_host() {
   local host=$1
   shift
   nsenter --net="/run/netns/$CLUSTER_PREFIX-$host" --uts="$CLUSTER_RUN/$host.uts" -- "$@"
+}
+
+exec_on_host() {
+  local host=$1
+  shift
+  exec nsenter --net="/run/netns/$CLUSTER_PREFIX-$host" --uts="$CLUSTER_RUN/$host.uts" -- "$@"
 }
 
 host_addr() { echo "$LORA_CLUSTER_NET.${1#node}"; }

@@ -122,8 +122,31 @@ except OSError:
     sys.exit(1)
 sys.exit(0)'
 
+# Removes the clusters of earlier test shells that died without cleaning up (killed by a test
+# runner's timeout with SIGKILL): namespaces named lc<PID>-* whose shell PID no longer exists.
+cluster_reap_stale() {
+  local ns owner pid
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^lc[0-9]+-(sw|node[0-9]+)$'); do
+    owner=${ns%%-*}
+    owner=${owner#lc}
+    kill -0 "$owner" 2>/dev/null && continue
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+    ip netns del "$ns" 2>/dev/null
+  done
+  local dir f
+  for dir in /run/lora-cluster/lc*; do
+    [[ -d $dir ]] || continue
+    owner=${dir##*/lc}
+    kill -0 "$owner" 2>/dev/null && continue
+    for f in "$dir"/*; do umount "$f" 2>/dev/null; rm -f "$f"; done
+    umount "$dir" 2>/dev/null
+    rmdir "$dir" 2>/dev/null
+  done
+}
+
 cluster_start() {
   local n=$1 i host ns
+  cluster_reap_stale
   CLUSTER_PREFIX=lc$$
   CLUSTER_RUN=/run/lora-cluster/$CLUSTER_PREFIX
   CLUSTER_HOSTS=()

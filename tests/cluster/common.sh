@@ -31,6 +31,7 @@ cluster_test_begin() {
   local n=$1 why
   why=$(cluster_precheck) || skip "$why"
   [[ -x $lora ]] || fail "no lora binary at $lora"
+  lora=$(readlink -f "$lora")
   "$python" -c 'import h5py' 2>/dev/null || skip "$python has no h5py (scripts/setup.sh installs python3-h5py)"
   work=$(mktemp -d "${TMPDIR:-/tmp}/lora-cluster-test.XXXXXX")
   chmod 755 "$work"

@@ -17,3 +17,14 @@ foreach(cluster_case link_cut link_cut_keepalive host_kill mpirun_kill)
   set_tests_properties(multihost.fault.${cluster_case} PROPERTIES
     TIMEOUT 180 SKIP_RETURN_CODE 77 PROCESSORS 2 RESOURCE_LOCK lora_cluster LABELS "multihost")
 endforeach()
+
+# The sbatch scripts as multi-node jobs on a Slurm with one slurmd per host
+# (tests/cluster/slurm_hosts.sh); also skipped without Slurm and munge.
+foreach(cluster_case train mpirun preempt sweep srun_kill)
+  add_test(NAME multihost.slurm.${cluster_case}
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/run_slurm_tests.sh $<TARGET_FILE:lora>
+                   ${PROJECT_SOURCE_DIR} ${LORA_PYTHON} ${cluster_case})
+  set_tests_properties(multihost.slurm.${cluster_case} PROPERTIES
+    TIMEOUT 240 SKIP_RETURN_CODE 77 PROCESSORS 2 RESOURCE_LOCK lora_cluster
+    LABELS "multihost;slurm")
+endforeach()

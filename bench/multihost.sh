@@ -14,7 +14,8 @@
 #
 # Usage (root; about 25 minutes on a 2-core machine with REPEATS=2):
 #   bash bench/multihost.sh [BUILD_DIR] > summary.md
-# Environment: REPEATS (2), RATES ("1gbit 10gbit"), STEPS_LORA (8), STEPS_FULL (5), WARMUP (2:
+# Environment: REPEATS (2), RATES ("1gbit 10gbit"), MODES ("lora full"), STEPS_LORA (8),
+# STEPS_FULL (5), WARMUP (2:
 # steps excluded from every run's median), KEEP=1 keeps the work directory.
 set -uo pipefail
 
@@ -24,6 +25,7 @@ lora=$build/lora
 [[ -x $lora ]] || { echo "multihost.sh: $lora not found (build first: bash scripts/build.sh)" >&2; exit 2; }
 repeats=${REPEATS:-2}
 read -r -a rates <<<"${RATES:-1gbit 10gbit}"
+read -r -a modes <<<"${MODES:-lora full}"
 steps_lora=${STEPS_LORA:-8}
 steps_full=${STEPS_FULL:-5}
 warmup=${WARMUP:-2}
@@ -75,6 +77,9 @@ mpirun_args=(--allow-run-as-root --oversubscribe --bind-to none
   --mca plm_rsh_agent "$root/tests/cluster/rsh_agent.sh"
   --mca oob_tcp_if_include "$LORA_CLUSTER_NET.0/24" --mca btl_tcp_if_include "$LORA_CLUSTER_NET.0/24"
   --mca btl tcp,self --mca pml ob1 -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1)
+# The daemons start from a clean environment (like ssh): pass OpenBLAS's kernel choice on, so the
+# ranks of every host run the same kernels.
+[[ -n ${OPENBLAS_CORETYPE:-} ]] && mpirun_args+=(-x OPENBLAS_CORETYPE)
 manifest=$work/manifest.jsonl
 : >"$manifest"
 
@@ -90,7 +95,9 @@ run() {
     --set "run.output_dir=$dir" --set "train.mode=$mode" --set "comm.overlap=$overlap" --set "train.steps=$steps")
   local t0 t1 rc=0
   t0=$(date +%s.%N)
-  on_host node1 timeout 900 "${cmd[@]}" >"$work/$label.log" 2>&1 || rc=$?
+  # In the background and waited for, so that SIGINT/SIGTERM reach the trap at once.
+  on_host node1 timeout 900 "${cmd[@]}" >"$work/$label.log" 2>&1 &
+  wait $! || rc=$?
   t1=$(date +%s.%N)
   if ((rc != 0)); then
     echo "multihost.sh: run $label failed (exit $rc):" >&2
@@ -154,7 +161,7 @@ done
 for rep in $(seq 1 "$repeats"); do
   for rate in "${rates[@]}"; do
     link_shape "$rate"
-    for mode in lora full; do
+    for mode in "${modes[@]}"; do
       for overlap in true false; do
         run shaped "$rate-h3-$mode-overlap_$overlap-$rep" "$rate" 3 "$mode" "$overlap"
       done

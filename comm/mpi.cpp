@@ -6,10 +6,10 @@
 
 #include <algorithm>
 #include <climits>
-#include <cstring>
-#include <deque>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <iomanip>
@@ -83,9 +83,9 @@ std::string seconds_text(std::chrono::milliseconds t) {
 }
 
 // One collective: one or more MPI requests, completed together. on_complete runs once, on the
-// thread that observes completion (the kAverage division).
-// The owner answers pings while wait() polls and names the silent ranks after a timeout; it must
-// outlive the work (a communicator outlives the collectives it started).
+// thread that observes completion (the kAverage division). The owner answers pings while wait()
+// polls and names the silent ranks after a timeout; it must outlive the work (a communicator
+// outlives the collectives it started).
 class MpiWork final : public Work {
  public:
   MpiWork(MpiCommunicator& owner, std::vector<MPI_Request> requests, std::string what,
@@ -166,6 +166,18 @@ void divide_in_place(void* data, size_t count, int n) {
   for (size_t i = 0; i < count; ++i) p[i] *= scale;
 }
 
+// MPI_Abort asks the launcher to end the job; when the launcher cannot be reached it may never
+// return. A detached thread ends this process regardless after a grace period.
+[[noreturn]] void abort_within_grace(int exit_code) {
+  constexpr auto kGrace = std::chrono::seconds(10);
+  std::thread([exit_code, kGrace] {
+    std::this_thread::sleep_for(kGrace);
+    std::_Exit(exit_code);
+  }).detach();
+  MPI_Abort(MPI_COMM_WORLD, exit_code);
+  std::_Exit(exit_code);  // MPI_Abort should not return; never let this one
+}
+
 }  // namespace
 
 // ---- MpiRuntime ----
@@ -190,7 +202,7 @@ MpiRuntime::~MpiRuntime() {
   if (std::uncaught_exceptions() > n_uncaught_at_init_) {
     std::fprintf(stderr, "lora: error on this rank while MPI is running: aborting the job\n");
     std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
+    abort_within_grace(1);
   }
   MPI_Finalize();
 }
@@ -454,8 +466,7 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
 void MpiCommunicator::abort(int exit_code) {
   std::fflush(stdout);
   std::fflush(stderr);
-  MPI_Abort(MPI_COMM_WORLD, exit_code);
-  std::_Exit(exit_code);  // MPI_Abort should not return; never let this one
+  abort_within_grace(exit_code);
 }
 
 }  // namespace lora::comm

@@ -97,7 +97,8 @@ class MpiCommunicator final : public Communicator {
   // ranks first exchange (color, key) with MPI_Iallgather under the timeout, so a rank that never
   // arrives is reported instead of blocking MPI_Comm_split, which starts once every rank is seen.
   std::unique_ptr<Communicator> split(int color, int key) override;
-  // MPI_Abort on MPI_COMM_WORLD: ends every rank of the job, not only this communicator's.
+  // MPI_Abort on MPI_COMM_WORLD: ends every rank of the job, not only this communicator's. If
+  // MPI_Abort has not ended this process after 10 s (an unreachable launcher), it exits by itself.
   [[noreturn]] void abort(int exit_code) override;
 
   // Largest element count of one MPI request; larger collectives use several requests.

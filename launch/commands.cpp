@@ -33,7 +33,8 @@ std::unique_ptr<Gpt2Model> model_for_inference(const Config& cfg, const std::str
 
 int run_train(World& world, const TrainArgs& args) {
   const Config cfg = load_config(args.config, args.overrides);
-  comm::Communicator& comm = world.communicator(cfg.comm.backend, World::timeout_of(cfg.comm.timeout_s));
+  comm::Communicator& comm =
+      world.communicator(cfg.comm.backend, World::timeout_of(cfg.comm.timeout_s));
   TrainOptions opts;
   if (args.resume == "auto") {
     opts.resume = ResumeMode::kAuto;
@@ -75,7 +76,8 @@ int run_eval(World& world, const std::string& config, const std::vector<std::str
              const std::string& adapter) {
   const Config cfg = load_config(config, overrides);
   LORA_INPUT_CHECK(!cfg.data.val.empty(), config, ": data.val: `lora eval` needs validation data");
-  comm::Communicator& comm = world.communicator(cfg.comm.backend, World::timeout_of(cfg.comm.timeout_s));
+  comm::Communicator& comm =
+      world.communicator(cfg.comm.backend, World::timeout_of(cfg.comm.timeout_s));
   auto model = model_for_inference(cfg, adapter);
   const TokenStream val(cfg.data.val, cfg.data.format, cfg.model.shape.vocab_size, cfg.data.seq_len);
   const double loss = evaluate(*model, val, cfg, comm);

@@ -22,7 +22,7 @@ namespace {
 // exits, which is not the launcher dying.
 class LauncherWatch {
  public:
-  LauncherWatch(std::string label) : label_(std::move(label)), parent_(getppid()) {
+  explicit LauncherWatch(std::string label) : label_(std::move(label)), parent_(getppid()) {
     if (parent_ <= 1) return;  // started by init itself: nothing to watch
     thread_ = std::thread([this] { run(); });
   }

@@ -27,6 +27,8 @@
 #
 # Every name starts with CLUSTER_PREFIX (lc<pid of the shell>), so several clusters (tests and a
 # benchmark at once) never collide; the switch namespace holds the bridge and one port per host.
+# cluster_start first removes what clusters of dead shells left behind (a test runner's SIGKILL
+# gives no shell a chance to clean up): namespaces lc<PID>-* whose PID no longer exists.
 # shellcheck shell=bash
 
 LORA_CLUSTER_NET=${LORA_CLUSTER_NET:-10.231.0}

@@ -102,6 +102,10 @@ cluster_mpirun_args() {
     --mca oob_tcp_if_include "$LORA_CLUSTER_NET.0/24" --mca btl_tcp_if_include "$LORA_CLUSTER_NET.0/24"
     --mca btl tcp,self --mca pml ob1
     -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1)
+  # The daemons start from a clean environment (like ssh): pass OpenBLAS's kernel choice on, so
+  # the ranks of every host compute with the same kernels.
+  [[ -n ${OPENBLAS_CORETYPE:-} ]] && MPIRUN_ARGS+=(-x OPENBLAS_CORETYPE)
+  return 0
 }
 
 last_step() {

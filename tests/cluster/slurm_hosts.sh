@@ -2,8 +2,8 @@
 # one slurmctld on node1 and one slurmd per host, each started inside its host's namespaces, so
 # Slurm sees three nodes with their own names and addresses (NodeName=nodeN NodeAddr=10.231.0.N).
 #
-#   slurm_hosts_start DIR   writes a munge key and slurm.conf under DIR, starts munged (its
-#                           socket is a file, reachable from every host), slurmctld and the
+#   slurm_hosts_start DIR   writes a munge key and slurm.conf under DIR, starts munged on node1
+#                           (its socket is a file, reachable from every host), slurmctld and the
 #                           slurmds, exports SLURM_CONF and waits until every node is idle;
 #                           returns 1 (daemon logs printed) on failure
 #   slurm_hosts_stop        cancels the jobs and stops the daemons by their pid files
@@ -46,7 +46,8 @@ slurm_hosts_start() {
     dd if=/dev/urandom of="$key" bs=128 count=1 status=none || return 1
   fi
   chmod 400 "$key"
-  munged --socket="$dir/munge/munge.socket" --key-file="$key" --pid-file="$dir/munge/munged.pid" \
+  # Inside node1's namespaces like the other daemons, so that removing the cluster ends it too.
+  on_host node1 munged --socket="$dir/munge/munge.socket" --key-file="$key" --pid-file="$dir/munge/munged.pid" \
     --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed" ||
     { echo "munged failed to start"; slurm_hosts_logs; return 1; }
 

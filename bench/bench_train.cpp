@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "core/model/gpt2.h"
+#include "core/model/transformer.h"
 #include "core/optimizer.h"
 #include "core/rng.h"
 #include "trainer/trainer.h"
@@ -25,17 +25,20 @@
 using namespace lora;
 
 int main(int argc, char** argv) {
-  ModelShape shape{.vocab_size = 256, .max_seq_len = 128, .n_layer = 4, .n_head = 4, .d_model = 256};
+  ModelSpec sizes{.vocab_size = 256, .max_seq_len = 128, .n_layer = 4, .n_head = 4, .d_model = 256};
   int seq = 128, batch = 8, threads = 1, steps = 10, warmup = 2;
-  std::string mode = "lora", targets = "attn.qkv,attn.proj";
+  std::string mode = "lora", targets = "", arch = "gpt2";
   LoraSpec spec;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const char* v = argv[i + 1];
-    if (k == "--layers") shape.n_layer = std::atoi(v);
-    else if (k == "--d-model") shape.d_model = std::atoi(v);
-    else if (k == "--heads") shape.n_head = std::atoi(v);
-    else if (k == "--vocab") shape.vocab_size = std::atoi(v);
+    if (k == "--layers") sizes.n_layer = std::atoi(v);
+    else if (k == "--d-model") sizes.d_model = std::atoi(v);
+    else if (k == "--heads") sizes.n_head = std::atoi(v);
+    else if (k == "--kv-heads") sizes.n_kv_head = std::atoi(v);
+    else if (k == "--d-ff") sizes.d_ff = std::atoi(v);
+    else if (k == "--vocab") sizes.vocab_size = std::atoi(v);
+    else if (k == "--arch") arch = v;
     else if (k == "--seq") seq = std::atoi(v);
     else if (k == "--batch") batch = std::atoi(v);
     else if (k == "--rank") spec.rank = std::atoi(v);
@@ -49,17 +52,30 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  shape.max_seq_len = std::max(shape.max_seq_len, seq);
+  sizes.max_seq_len = std::max(sizes.max_seq_len, seq);
+  const ModelSpec shape = family_spec(arch, sizes);
+  if (targets.empty()) targets = shape.is_gpt2() ? "attn.qkv,attn.proj" : "q_proj,v_proj";
   spec.alpha = 2.0f * spec.rank;
   spec.targets.clear();
   std::stringstream ss(targets);
-  for (std::string t; std::getline(ss, t, ',');) spec.targets.push_back(*parse_lora_target(t));
+  for (std::string t; std::getline(ss, t, ',');) {
+    if (t == "all-linear") {
+      spec.targets = family_targets(shape);
+      continue;
+    }
+    const auto target = parse_lora_target(t, shape);
+    if (!target) {
+      std::fprintf(stderr, "bench_train: unknown target %s for %s\n", t.c_str(), arch.c_str());
+      return 2;
+    }
+    spec.targets.push_back(*target);
+  }
   configure_threads(threads);
 
   const bool full = mode == "full";
   std::optional<LoraSpec> lspec;
   if (!full) lspec = spec;
-  Gpt2Model model(shape, full ? TrainMode::kFull : TrainMode::kLora, lspec);
+  TransformerModel model(shape, full ? TrainMode::kFull : TrainMode::kLora, lspec);
   model.init_base_random(1);
   model.init_lora(2);
   AdamW opt(model.n_trainable(), ops::AdamWParams{});

@@ -1,5 +1,5 @@
 // How the gradient reducer cuts one optimizer step's trainable gradients into all-reduce buckets
-// for a model shape and comm.bucket_mb, as `lora train` does it: the real Gpt2Model backward marks
+// for a model shape and comm.bucket_mb, as `lora train` does it: the real model's backward marks
 // ranges ready (last block first) into the real comm::GradReducer, over a one-process communicator
 // that records the element count of every all-reduce it is given. One forward/backward on a short
 // random batch is enough, since bucket boundaries depend only on the marked ranges and the bucket
@@ -22,7 +22,7 @@
 #include "comm/communicator.h"
 #include "comm/grad_reducer.h"
 #include "core/error.h"
-#include "core/model/gpt2.h"
+#include "core/model/transformer.h"
 #include "core/rng.h"
 
 using namespace lora;
@@ -66,7 +66,8 @@ class RecordingCommunicator final : public comm::Communicator {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  ModelShape shape{.vocab_size = 256, .max_seq_len = 128, .n_layer = 4, .n_head = 4, .d_model = 256};
+  ModelSpec shape = family_spec("gpt2", ModelSpec{.vocab_size = 256, .max_seq_len = 128, .n_layer = 4,
+                                                   .n_head = 4, .d_model = 256});
   std::string mode = "lora", targets = "attn.qkv,attn.proj";
   double bucket_mb = 25.0;
   LoraSpec spec;
@@ -91,7 +92,7 @@ int main(int argc, char** argv) try {
   spec.targets.clear();
   std::stringstream ss(targets);
   for (std::string t; std::getline(ss, t, ',');) {
-    const auto target = parse_lora_target(t);
+    const auto target = parse_lora_target(t, shape);
     LORA_INPUT_CHECK(target.has_value(), "bucket_count: unknown LoRA target '", t, "'");
     spec.targets.push_back(*target);
   }
@@ -100,7 +101,7 @@ int main(int argc, char** argv) try {
   std::optional<LoraSpec> lspec;
   if (!full) lspec = spec;
   const int n_seq = std::min(8, shape.max_seq_len);
-  Gpt2Model model(shape, full ? TrainMode::kFull : TrainMode::kLora, lspec);
+  TransformerModel model(shape, full ? TrainMode::kFull : TrainMode::kLora, lspec);
   model.init_base_random(1);
   model.init_lora(2);
   std::vector<int32_t> tokens(n_seq), next(n_seq);

@@ -1,7 +1,7 @@
 // Gradient all-reduce volume per optimizer step for the GPT-2 family, LoRA against full
 // fine-tuning, and the time a ring all-reduce of that volume takes in the bandwidth model.
 //
-// Every count comes from the model code: Gpt2Layout(shape).n_params() for the base (tied LM head,
+// Every count comes from the model code: BaseLayout(shape).n_params() for the base (tied LM head,
 // so the full fine-tuning gradient is every base parameter) and LoraLayout(shape, spec).n_params()
 // for the adapters (sum over adapted linears of r * (d_in + d_out)). Neither allocates weights.
 // Gradients are fp32, so bytes per step = 4 x trainable parameters, whatever the world size.
@@ -20,9 +20,9 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/model/gpt2_layout.h"
+#include "core/model/base_layout.h"
 #include "core/model/lora_layout.h"
-#include "core/model/shape.h"
+#include "core/model/spec.h"
 
 using namespace lora;
 
@@ -30,14 +30,14 @@ namespace {
 
 struct NamedShape {
   const char* name;
-  ModelShape shape;
+  ModelSpec shape;
 };
 
 // Hugging Face GPT-2 checkpoints: vocab 50257, context 1024.
 std::vector<NamedShape> gpt2_family() {
   auto shape = [](int n_layer, int d_model, int n_head) {
-    return ModelShape{.vocab_size = 50257, .max_seq_len = 1024, .n_layer = n_layer,
-                      .n_head = n_head, .d_model = d_model};
+    return family_spec("gpt2", ModelSpec{.vocab_size = 50257, .max_seq_len = 1024,
+                                         .n_layer = n_layer, .n_head = n_head, .d_model = d_model});
   };
   return {{"GPT-2 124M", shape(12, 768, 12)},
           {"GPT-2 355M", shape(24, 1024, 16)},
@@ -131,14 +131,14 @@ int main(int argc, char** argv) try {
   const auto family = gpt2_family();
   std::vector<Row> rows;
   std::printf("## Gradient all-reduce per step: LoRA vs full fine-tuning (GPT-2 family)\n\n");
-  std::printf("Counts from `lora::Gpt2Layout(shape).n_params()` and "
+  std::printf("Counts from `lora::BaseLayout(shape).n_params()` and "
               "`lora::LoraLayout(shape, spec).n_params()`.\n");
   std::printf("Shapes: vocab 50257, context 1024, LM head tied to `wte` (counted once), "
               "`wpe` [1024, d_model].\n\n");
   std::printf("| model | n_layer | d_model | n_head | base parameters |\n");
   std::printf("|---|---:|---:|---:|---:|\n");
   for (const auto& m : family) {
-    const size_t n_full = Gpt2Layout(m.shape).n_params();
+    const size_t n_full = BaseLayout(m.shape).n_params();
     std::printf("| %s | %d | %d | %d | %s |\n", m.name, m.shape.n_layer, m.shape.d_model,
                 m.shape.n_head, with_commas(n_full).c_str());
     rows.push_back({m.name, "full fine-tuning", n_full, n_full});
@@ -153,7 +153,7 @@ int main(int argc, char** argv) try {
       }
     }
   }
-  const size_t n_124m = Gpt2Layout(family[0].shape).n_params();
+  const size_t n_124m = BaseLayout(family[0].shape).n_params();
   std::printf("\nCheck: GPT-2 124M has %s parameters here; the Hugging Face checkpoint has "
               "124,439,808 (tied embeddings, wpe 1024x768): %s.\n\n",
               with_commas(n_124m).c_str(), n_124m == 124439808 ? "match" : "MISMATCH");

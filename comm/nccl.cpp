@@ -217,6 +217,13 @@ std::unique_ptr<NcclWork> track(const std::shared_ptr<State>& state, std::string
   return std::make_unique<NcclWork>(state, event, std::move(what));
 }
 
+// The int32 the barrier all-reduces, in device memory, set to zero on the communication stream
+// before any collective can read it (a sum of zeros stays zero, so it never needs resetting).
+void alloc_barrier_word(State& s) {
+  LORA_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&s.barrier_value), sizeof(int32_t)));
+  LORA_CUDA_CHECK(cudaMemsetAsync(s.barrier_value, 0, sizeof(int32_t), s.stream));
+}
+
 std::shared_ptr<State> new_state(ncclComm_t comm, cudaStream_t stream, std::string host) {
   auto s = std::make_shared<State>();
   s->comm = comm;
@@ -252,7 +259,7 @@ NcclCommunicator::NcclCommunicator(Communicator& bootstrap, cudaStream_t stream)
   const ncclResult_t r = ncclCommInitRankConfig(&s.comm, s.size, id, s.rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) fail(s, "initialisation", nccl_error_text(s, r));
   wait_ready(s, s.comm, timeout(), "initialisation");
-  LORA_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&s.barrier_value), sizeof(int32_t)));
+  alloc_barrier_word(s);
 }
 
 NcclCommunicator::NcclCommunicator(std::shared_ptr<State> state, Communicator* bootstrap)
@@ -327,7 +334,7 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
   child->rank = sub_rank;
   child->size = sub_size;
   child->finalize_timeout = timeout();
-  LORA_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&child->barrier_value), sizeof(int32_t)));
+  alloc_barrier_word(*child);
   auto result = std::unique_ptr<NcclCommunicator>(new NcclCommunicator(std::move(child), bootstrap_));
   result->set_timeout(timeout());
   return result;

@@ -137,15 +137,23 @@ class DeviceBuffer {
   size_t size() const { return n_elems_; }
   size_t size_bytes() const { return n_elems_ * sizeof(T); }
 
-  // Synchronous copies of the whole buffer (n_elems host elements).
-  void copy_from_host(const T* host) {
-    if (n_elems_ > 0) LORA_CUDA_CHECK(cudaMemcpy(data_, host, size_bytes(), cudaMemcpyHostToDevice));
+  // Copies of the whole buffer (n_elems host elements), ordered on `stream` after the work already
+  // queued there; they return once the copy is complete, so `host` may be pageable and reused at
+  // once. Never the legacy default stream: with a non-blocking stream that one would not wait for
+  // the kernels still writing or reading this buffer.
+  void copy_from_host(const T* host, cudaStream_t stream) {
+    if (n_elems_ == 0) return;
+    LORA_CUDA_CHECK(cudaMemcpyAsync(data_, host, size_bytes(), cudaMemcpyHostToDevice, stream));
+    LORA_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
-  void copy_to_host(T* host) const {
-    if (n_elems_ > 0) LORA_CUDA_CHECK(cudaMemcpy(host, data_, size_bytes(), cudaMemcpyDeviceToHost));
+  void copy_to_host(T* host, cudaStream_t stream) const {
+    if (n_elems_ == 0) return;
+    LORA_CUDA_CHECK(cudaMemcpyAsync(host, data_, size_bytes(), cudaMemcpyDeviceToHost, stream));
+    LORA_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
-  void zero() {
-    if (n_elems_ > 0) LORA_CUDA_CHECK(cudaMemset(data_, 0, size_bytes()));
+  // Enqueues a zero fill on `stream`; does not wait for it.
+  void zero(cudaStream_t stream) {
+    if (n_elems_ > 0) LORA_CUDA_CHECK(cudaMemsetAsync(data_, 0, size_bytes(), stream));
   }
 
   void reset() noexcept {

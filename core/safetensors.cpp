@@ -1,4 +1,4 @@
-// safetensors reader/writer and the GPT-2 weight binding (see safetensors.h for the format).
+// safetensors reader/writer (see safetensors.h for the format and the integrity key).
 #include "core/safetensors.h"
 
 #include <fcntl.h>
@@ -11,11 +11,13 @@
 #include <charconv>
 #include <climits>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
 
+#include "core/crc64.h"
 #include "core/error.h"
 #include "core/json.h"
 
@@ -26,18 +28,34 @@ static_assert(std::endian::native == std::endian::little,
 
 namespace {
 
+// The metadata key of the integrity CRC (safetensors.h), and its value while the CRC is computed.
+constexpr std::string_view kCrcKey = "lora.crc64";
+constexpr std::string_view kCrcPlaceholder = "0000000000000000";
+
+// A key that differs from kCrcKey in at most 3 of its characters: the CRC key with damaged bytes,
+// which must not turn a file of ours into an unverified one.
+bool is_crc_key(const std::string& key) {
+  if (key.size() != kCrcKey.size()) return false;
+  int n_diff = 0;
+  for (size_t i = 0; i < key.size(); ++i) n_diff += key[i] != kCrcKey[i];
+  return n_diff <= 3;
+}
+
+bool is_lower_hex16(const std::string& s) {
+  return s.size() == 16 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+std::string crc_hex(uint64_t crc) {
+  static const char* kHex = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, crc >>= 4) s[static_cast<size_t>(i)] = kHex[crc & 0xF];
+  return s;
+}
+
 // The reference implementation refuses headers above 100 MB; a GPT-2 XL header is ~60 KB.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 constexpr size_t kConvertChunk = 1 << 16;  // elements per read when converting F16/BF16
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
 
 std::string errno_string(int err) { return std::strerror(err); }
 
@@ -71,6 +89,15 @@ bool as_uint(const json::Value& v, uint64_t* out) {
 }
 
 }  // namespace
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
 
 size_t safetensors_dtype_bytes(const std::string& dtype) {
   static const std::unordered_map<std::string, size_t> kBytes = {
@@ -126,6 +153,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     LORA_INPUT_CHECK(root.is_object(), path, ": safetensors header must be a JSON object, got ",
                      json::type_name(root.type()));
 
+    std::optional<std::string> stored_crc;  // files we wrote carry one
     for (const auto& [name, entry] : root.as_object()) {
       if (name == "__metadata__") {
         LORA_INPUT_CHECK(entry.is_object(), path,
@@ -135,7 +163,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
         for (const auto& [key, value] : entry.as_object()) {
           LORA_INPUT_CHECK(value.is_string(), path, ": \"__metadata__\" key \"", key,
                            "\" must be a string, got ", json::type_name(value.type()));
-          metadata_[key] = value.as_string();
+          if (is_crc_key(key)) {
+            LORA_INPUT_CHECK(key == kCrcKey && !stored_crc, path, ": \"__metadata__\" key \"", key,
+                             "\" is not \"", kCrcKey, "\" but resembles it: the file is damaged");
+            stored_crc = value.as_string();
+          } else {
+            metadata_[key] = value.as_string();
+          }
         }
         continue;
       }
@@ -216,11 +250,45 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
                        a->end, ") and '", b->name, "' [", b->begin, ", ", b->end,
                        ") overlap in the data buffer");
     }
+    // Last, so that a truncated or malformed file is reported as such: the CRC catches what the
+    // structure does not show (changed values, names, metadata, padding).
+    if (stored_crc) verify_crc(header, *stored_crc);
   } catch (...) {
     ::close(fd_);
     fd_ = -1;
     throw;
   }
+}
+
+// Checks the "lora.crc64" value `stored` against the file (see safetensors.h). `header` is the
+// header text as read.
+void SafetensorsFile::verify_crc(const std::string& header, const std::string& stored) {
+  LORA_INPUT_CHECK(is_lower_hex16(stored), path_, ": \"__metadata__\" \"", kCrcKey,
+                   "\" must be 16 lowercase hex digits, got \"", stored.substr(0, 40),
+                   "\": the file is damaged");
+  const std::string pattern = detail::concat("\"", kCrcKey, "\":\"", stored, "\"");
+  const size_t at = header.find(pattern);
+  LORA_INPUT_CHECK(at != std::string::npos && header.find(pattern, at + 1) == std::string::npos,
+                   path_, ": cannot find \"", kCrcKey,
+                   "\" written as write_safetensors writes it in the header: the file is damaged");
+  const size_t digits = at + pattern.size() - 17;
+  unsigned char size_le[8];
+  for (int i = 0; i < 8; ++i) size_le[i] = static_cast<unsigned char>(header.size() >> (8 * i));
+  uint64_t crc = crc64(size_le, 8);
+  crc = crc64(header.data(), digits, crc);
+  crc = crc64(kCrcPlaceholder.data(), kCrcPlaceholder.size(), crc);
+  crc = crc64(header.data() + digits + 16, header.size() - digits - 16, crc);
+  std::vector<unsigned char> chunk(std::min<size_t>(file_bytes_ - data_begin_, size_t{1} << 20));
+  for (size_t offset = data_begin_; offset < file_bytes_;) {
+    const size_t n = std::min(chunk.size(), file_bytes_ - offset);
+    read_bytes(offset, n, chunk.data());
+    crc = crc64(chunk.data(), n, crc);
+    offset += n;
+  }
+  LORA_INPUT_CHECK(crc == std::stoull(stored, nullptr, 16), path_, ": CRC-64 mismatch (",
+                   kCrcKey, " says ", stored, ", the file's bytes give ", crc_hex(crc),
+                   "): the file is damaged");
+  crc_verified_ = true;
 }
 
 SafetensorsFile::~SafetensorsFile() {
@@ -233,7 +301,8 @@ SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept
       file_bytes_(other.file_bytes_),
       data_begin_(other.data_begin_),
       tensors_(std::move(other.tensors_)),
-      metadata_(std::move(other.metadata_)) {}
+      metadata_(std::move(other.metadata_)),
+      crc_verified_(other.crc_verified_) {}
 
 SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
   if (this != &other) {
@@ -244,6 +313,7 @@ SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
     data_begin_ = other.data_begin_;
     tensors_ = std::move(other.tensors_);
     metadata_ = std::move(other.metadata_);
+    crc_verified_ = other.crc_verified_;
   }
   return *this;
 }
@@ -326,9 +396,11 @@ bool write_all(int fd, const void* data, size_t n_bytes) {
 void write_safetensors(const std::string& path, const std::vector<SafetensorsWriteTensor>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   json::Value header = json::Value::object();
-  if (!metadata.empty()) {
+  {
     json::Value meta = json::Value::object();
-    for (const auto& [k, v] : metadata) meta.set(k, v);
+    for (const auto& [k, v] : metadata)
+      if (k != kCrcKey) meta.set(k, v);
+    meta.set(kCrcKey, kCrcPlaceholder);  // filled in once the CRC is known
     header.set("__metadata__", std::move(meta));
   }
   std::set<std::string> names;
@@ -359,6 +431,21 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
   text.append((8 - text.size() % 8) % 8, ' ');  // data buffer starts 8-byte aligned
   unsigned char size_le[8];
   for (int i = 0; i < 8; ++i) size_le[i] = static_cast<unsigned char>(text.size() >> (8 * i));
+  {
+    // The placeholder is the only `"lora.crc64":"` in the text: keys are unique, and quotes inside
+    // strings are escaped.
+    const std::string pattern = detail::concat("\"", kCrcKey, "\":\"", kCrcPlaceholder, "\"");
+    const size_t at = text.find(pattern);
+    LORA_CHECK(at != std::string::npos, "no ", kCrcKey, " placeholder in the header");
+    uint64_t crc = crc64(size_le, 8);
+    crc = crc64(text.data(), text.size(), crc);
+    for (const auto& t : tensors) {
+      size_t numel = 1;
+      for (const int64_t d : t.shape) numel *= static_cast<size_t>(d);
+      crc = crc64(t.data, numel * sizeof(float), crc);
+    }
+    text.replace(at + pattern.size() - 17, 16, crc_hex(crc));
+  }
 
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -392,175 +479,6 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
     ::fsync(dir_fd);
     ::close(dir_fd);
   }
-}
-
-// ---- GPT-2 ----
-
-namespace {
-
-constexpr std::string_view kTransformerPrefix = "transformer.";
-
-// "h.12.attn.bias" -> 12 with rest "attn.bias"; false for names not of the form h.{i}.rest.
-bool split_block_name(std::string_view name, int* layer, std::string_view* rest) {
-  if (name.substr(0, 2) != "h.") return false;
-  size_t i = 2;
-  int value = 0;
-  while (i < name.size() && name[i] >= '0' && name[i] <= '9') {
-    if (value > (INT_MAX - 9) / 10) return false;
-    value = value * 10 + (name[i] - '0');
-    ++i;
-  }
-  if (i == 2 || i >= name.size() || name[i] != '.') return false;
-  if (i > 3 && name[2] == '0') return false;  // no leading zeros: "h.01" is not block 1
-  *layer = value;
-  *rest = name.substr(i + 1);
-  return true;
-}
-
-// Tensors a Hugging Face GPT-2 checkpoint may hold that our model does not take: the causal
-// mask buffers (recomputed, not learned) and the LM head (tied to wte).
-bool is_ignored_gpt2_tensor(std::string_view name) {
-  if (name == "lm_head.weight") return true;
-  int layer = 0;
-  std::string_view rest;
-  return split_block_name(name, &layer, &rest) &&
-         (rest == "attn.bias" || rest == "attn.masked_bias");
-}
-
-// The file's tensors under their names without the "transformer." prefix.
-struct Gpt2Index {
-  explicit Gpt2Index(const std::string& path) : file(path) {
-    for (const auto& t : file.tensors()) {
-      std::string_view name = t.name;
-      if (name.substr(0, kTransformerPrefix.size()) == kTransformerPrefix)
-        name.remove_prefix(kTransformerPrefix.size());
-      const auto [it, inserted] = by_name.emplace(std::string(name), &t);
-      LORA_INPUT_CHECK(inserted, path, ": tensor '", name, "' appears twice (as '",
-                       it->second->name, "' and '", t.name, "')");
-    }
-  }
-  const SafetensorsTensor* find(const std::string& name) const {
-    const auto it = by_name.find(name);
-    return it == by_name.end() ? nullptr : it->second;
-  }
-
-  SafetensorsFile file;
-  std::map<std::string, const SafetensorsTensor*> by_name;
-};
-
-int dim_as_int(const std::string& path, const SafetensorsTensor& t, size_t axis) {
-  const int64_t d = t.shape[axis];
-  LORA_INPUT_CHECK(d > 0 && d <= INT_MAX, path, ": tensor '", t.name, "': dimension ", axis,
-                   " of shape ", shape_string(t.shape), " is not a positive int");
-  return static_cast<int>(d);
-}
-
-ModelShape infer_shape(const Gpt2Index& index, int n_head) {
-  const std::string& path = index.file.path();
-  ModelShape s;
-  const SafetensorsTensor* wte = index.find("wte.weight");
-  const SafetensorsTensor* wpe = index.find("wpe.weight");
-  LORA_INPUT_CHECK(wte, path, ": missing tensor 'wte.weight': not a GPT-2 weights file");
-  LORA_INPUT_CHECK(wpe, path, ": missing tensor 'wpe.weight': not a GPT-2 weights file");
-  LORA_INPUT_CHECK(wte->shape.size() == 2, path, ": tensor '", wte->name,
-                   "': expected 2 dimensions [vocab_size, d_model], got ",
-                   shape_string(wte->shape));
-  LORA_INPUT_CHECK(wpe->shape.size() == 2, path, ": tensor '", wpe->name,
-                   "': expected 2 dimensions [max_seq_len, d_model], got ",
-                   shape_string(wpe->shape));
-  s.vocab_size = dim_as_int(path, *wte, 0);
-  s.d_model = dim_as_int(path, *wte, 1);
-  s.max_seq_len = dim_as_int(path, *wpe, 0);
-  LORA_INPUT_CHECK(wpe->shape[1] == s.d_model, path, ": tensor '", wpe->name, "': expected shape [",
-                   s.max_seq_len, ", ", s.d_model, "] (d_model from '", wte->name, "'), got ",
-                   shape_string(wpe->shape));
-  int max_layer = -1;
-  for (const auto& [name, t] : index.by_name) {
-    int layer = 0;
-    std::string_view rest;
-    if (split_block_name(name, &layer, &rest)) max_layer = std::max(max_layer, layer);
-  }
-  LORA_INPUT_CHECK(max_layer >= 0, path, ": no block tensors 'h.{i}.*': not a GPT-2 weights file");
-  s.n_layer = max_layer + 1;
-  s.n_head = n_head;
-  const auto it = index.file.metadata().find("n_head");
-  if (it != index.file.metadata().end()) {
-    int value = 0;
-    const std::string& text = it->second;
-    const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    LORA_INPUT_CHECK(ec == std::errc() && ptr == text.data() + text.size() && value > 0, path,
-                     ": __metadata__ \"n_head\": expected a positive integer, got \"", text, "\"");
-    s.n_head = value;
-  }
-  return s;
-}
-
-void check_shape(const Gpt2Index& index, const ModelShape& expected) {
-  const ModelShape got = infer_shape(index, 0);
-  std::string diffs;
-  auto compare = [&](const char* key, int want, int have) {
-    if (want == have) return;
-    if (!diffs.empty()) diffs += "; ";
-    diffs += detail::concat("model.", key, ": config says ", want, ", weights file has ", have);
-  };
-  compare("vocab_size", expected.vocab_size, got.vocab_size);
-  compare("max_seq_len", expected.max_seq_len, got.max_seq_len);
-  compare("n_layer", expected.n_layer, got.n_layer);
-  compare("d_model", expected.d_model, got.d_model);
-  if (got.n_head > 0) compare("n_head", expected.n_head, got.n_head);
-  LORA_INPUT_CHECK(diffs.empty(), index.file.path(),
-                   ": weights do not match the model config: ", diffs);
-}
-
-}  // namespace
-
-ModelShape infer_gpt2_shape(const std::string& path, int n_head) {
-  return infer_shape(Gpt2Index(path), n_head);
-}
-
-void check_gpt2_shape(const std::string& path, const ModelShape& expected) {
-  check_shape(Gpt2Index(path), expected);
-}
-
-void load_gpt2_weights(const std::string& path, const Gpt2Layout& layout, float* params) {
-  LORA_CHECK(params != nullptr, "null parameter buffer");
-  const Gpt2Index index(path);
-  check_shape(index, layout.shape());
-  for (const TensorInfo& info : layout.tensors()) {
-    const SafetensorsTensor* t = index.find(info.name);
-    LORA_INPUT_CHECK(t, path, ": missing tensor '", info.name, "' (expected shape ",
-                     shape_string(info.shape), ")");
-    LORA_INPUT_CHECK(t->shape == info.shape, path, ": tensor '", t->name, "': expected shape ",
-                     shape_string(info.shape), ", got ", shape_string(t->shape));
-  }
-  for (const auto& [name, t] : index.by_name) {
-    LORA_INPUT_CHECK(layout.find(name) || is_ignored_gpt2_tensor(name), path,
-                     ": unexpected tensor '", t->name,
-                     "' (not part of a GPT-2 model with n_layer=", layout.shape().n_layer, ")");
-  }
-  for (const TensorInfo& info : layout.tensors())
-    index.file.read_f32(*index.find(info.name), params + info.offset);
-}
-
-void save_gpt2_weights(const std::string& path, const Gpt2Layout& layout, const float* params,
-                       const std::map<std::string, std::string>& metadata) {
-  LORA_CHECK(params != nullptr, "null parameter buffer");
-  const ModelShape& s = layout.shape();
-  std::map<std::string, std::string> meta = {
-      {"format", "pt"},
-      {"arch", "gpt2"},
-      {"n_head", std::to_string(s.n_head)},
-      {"n_layer", std::to_string(s.n_layer)},
-      {"d_model", std::to_string(s.d_model)},
-      {"vocab_size", std::to_string(s.vocab_size)},
-      {"max_seq_len", std::to_string(s.max_seq_len)},
-  };
-  for (const auto& [k, v] : metadata) meta[k] = v;
-  std::vector<SafetensorsWriteTensor> tensors;
-  tensors.reserve(layout.tensors().size());
-  for (const TensorInfo& info : layout.tensors())
-    tensors.push_back({info.name, info.shape, params + info.offset});
-  write_safetensors(path, tensors, meta);
 }
 
 }  // namespace lora

@@ -1,5 +1,5 @@
-// safetensors files: reading (F32, F16, BF16 converted to float32), writing (F32), and the
-// binding of GPT-2 base weights (Hugging Face names) to our Gpt2Layout buffer.
+// safetensors files: reading (F32, F16, BF16 converted to float32) and writing (F32). Binding a
+// model's tensors to our base layout is core/model/hf_model.h.
 //
 // File format (https://github.com/huggingface/safetensors):
 //   [8 bytes]  N, little-endian uint64: the header size in bytes
@@ -13,12 +13,16 @@
 // JSON valid, every entry complete, known dtype, end - begin == numel * dtype size, data inside
 // the file, no two tensors overlapping), so a malformed file is reported once, up front, as a
 // lora::InputError whose message starts with the file path. Reads use pread on an open file
-// descriptor; nothing is memory-mapped.
+// descriptor, F16/BF16 converted in bounded chunks (the float32 output is the only full copy).
 //
-// GPT-2 binding: every tensor of a Gpt2Layout is looked up by its Hugging Face name
-// ("h.3.mlp.c_fc.weight", Conv1D orientation [in, out]); a "transformer." prefix is accepted;
-// the causal-mask buffers h.{i}.attn.bias / h.{i}.attn.masked_bias and lm_head.weight (tied to
-// wte) are ignored; any other extra tensor, a missing tensor or a wrong shape is an InputError.
+// Integrity (files written by write_safetensors): "__metadata__" holds "lora.crc64": 16 lowercase
+// hex digits, the CRC-64/XZ (core/crc64.h) of the whole file with those 16 digits replaced by
+// sixteen '0' characters. Opening such a file reads it once through and refuses it (InputError
+// naming the file) when the CRC does not match, so damage anywhere in it (header, padding, tensor
+// bytes) is caught up front. The key is not part of metadata(). Files from elsewhere carry no such
+// key and are read unverified: the format has no checksum of its own, so damaged tensor bytes in
+// them cannot be detected. A metadata key that differs from "lora.crc64" in 1-3 of its characters
+// is taken for a damaged one and refused, so damage to the key does not make a file unverified.
 #pragma once
 
 #include <cstddef>
@@ -26,9 +30,6 @@
 #include <map>
 #include <string>
 #include <vector>
-
-#include "core/model/gpt2_layout.h"
-#include "core/model/shape.h"
 
 namespace lora {
 
@@ -64,6 +65,8 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   size_t file_bytes() const { return file_bytes_; }
   size_t data_begin() const { return data_begin_; }  // file offset of the data buffer (8 + N)
+  // True when the file carried a "lora.crc64" and it matched (see above).
+  bool crc_verified() const { return crc_verified_; }
 
   // Reads `tensor` (one of tensors()) into out[0, numel), converting F16 and BF16 to float32.
   // Any other dtype is a lora::InputError naming the file, tensor and dtype; an I/O failure is
@@ -74,6 +77,7 @@ class SafetensorsFile {
 
  private:
   void read_bytes(size_t file_offset, size_t n_bytes, void* out) const;
+  void verify_crc(const std::string& header, const std::string& stored);
 
   std::string path_;
   int fd_ = -1;
@@ -81,6 +85,7 @@ class SafetensorsFile {
   size_t data_begin_ = 0;
   std::vector<SafetensorsTensor> tensors_;
   std::map<std::string, std::string> metadata_;
+  bool crc_verified_ = false;
 };
 
 // One float32 tensor to write.
@@ -90,36 +95,15 @@ struct SafetensorsWriteTensor {
   const float* data = nullptr;  // numel(shape) contiguous floats
 };
 
-// Writes the tensors as F32, in the given order, with `metadata` as "__metadata__" (omitted when
-// empty). The header is padded with spaces so the data buffer starts at a multiple of 8 bytes.
+// "[2, 3]": a shape for messages.
+std::string shape_string(const std::vector<int64_t>& shape);
+
+// Writes the tensors as F32, in the given order, with `metadata` plus the "lora.crc64" integrity
+// value (see above; it replaces a "lora.crc64" in `metadata`) as "__metadata__". The header is
+// padded with spaces so the data buffer starts at a multiple of 8 bytes.
 // Atomic: writes path + ".tmp", fsyncs, renames over `path`. Invalid arguments (empty or
 // duplicate names, negative dims, null data) are a lora::Error; I/O failures a lora::Error.
 void write_safetensors(const std::string& path, const std::vector<SafetensorsWriteTensor>& tensors,
-                       const std::map<std::string, std::string>& metadata = {});
-
-// ---- GPT-2 base weights ----
-
-// The model shape a GPT-2 weights file holds: vocab_size and d_model from wte.weight,
-// max_seq_len from wpe.weight, n_layer = 1 + the highest i of any h.{i}.* tensor. n_head cannot
-// be read from the tensors: it comes from __metadata__ "n_head" when present, else stays
-// `n_head` (0: unknown). Throws lora::InputError for a file that is not GPT-2 shaped.
-ModelShape infer_gpt2_shape(const std::string& path, int n_head = 0);
-
-// Compares the file's shape (as inferred above) with `expected` and throws lora::InputError
-// listing every difference: "model.n_layer: config says 4, weights file FILE has 6".
-// n_head is compared only when the file's metadata records it.
-void check_gpt2_shape(const std::string& path, const ModelShape& expected);
-
-// Fills params[0, layout.n_params()) from the file: check_gpt2_shape first, then every layout
-// tensor by name (shape checked, F32/F16/BF16 converted). Missing, misshapen or unexpected
-// tensors are lora::InputError naming the file and tensor.
-void load_gpt2_weights(const std::string& path, const Gpt2Layout& layout, float* params);
-
-// Writes every layout tensor under its Hugging Face name as F32, with __metadata__
-// {"format": "pt", "arch": "gpt2", "n_head": ..., "n_layer": ..., "d_model": ...,
-//  "vocab_size": ..., "max_seq_len": ...} plus `metadata` (which may add or override keys),
-// atomically. The result loads through load_gpt2_weights like a file from the hub.
-void save_gpt2_weights(const std::string& path, const Gpt2Layout& layout, const float* params,
                        const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace lora

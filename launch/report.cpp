@@ -21,7 +21,7 @@
 
 #include "core/error.h"
 #include "core/json.h"
-#include "core/model/gpt2_layout.h"
+#include "core/model/base_layout.h"
 #include "core/model/lora_layout.h"
 #include "launch/svg_plot.h"
 
@@ -73,19 +73,29 @@ long trainable_from_config(const std::map<std::string, std::string>& c) {
       if (it == c.end()) throw InputError(std::string("missing ") + key);
       return it->second;
     };
-    ModelShape shape;
-    shape.vocab_size = std::stoi(get("model.vocab_size"));
-    shape.n_layer = std::stoi(get("model.n_layer"));
-    shape.n_head = std::stoi(get("model.n_head"));
-    shape.d_model = std::stoi(get("model.d_model"));
-    shape.max_seq_len = std::stoi(get("model.max_seq_len"));
-    if (get("train.mode") == "full") return static_cast<long>(Gpt2Layout(shape).n_params());
+    auto get_or = [&](const char* key, int fallback) {
+      auto it = c.find(key);
+      return it == c.end() ? fallback : std::stoi(it->second);
+    };
+    ModelSpec sizes;
+    sizes.vocab_size = std::stoi(get("model.vocab_size"));
+    sizes.n_layer = std::stoi(get("model.n_layer"));
+    sizes.n_head = std::stoi(get("model.n_head"));
+    sizes.n_kv_head = get_or("model.n_kv_head", 0);
+    sizes.d_model = std::stoi(get("model.d_model"));
+    sizes.d_ff = get_or("model.d_ff", 0);
+    sizes.max_seq_len = std::stoi(get("model.max_seq_len"));
+    auto arch_it = c.find("model.arch");
+    ModelSpec shape = family_spec(arch_it == c.end() ? "gpt2" : arch_it->second, sizes);
+    auto tie_it = c.find("model.tie_embeddings");
+    if (tie_it != c.end()) shape.tied_embeddings = tie_it->second == "true";
+    if (get("train.mode") == "full") return static_cast<long>(BaseLayout(shape).n_params());
     LoraSpec spec;
     spec.rank = std::stoi(get("lora.rank"));
     spec.targets.clear();
     const YAML::Node targets = YAML::Load(get("lora.targets"));
     for (const YAML::Node& t : targets) {
-      auto target = parse_lora_target(t.as<std::string>());
+      auto target = parse_lora_target(t.as<std::string>(), shape);
       if (!target) return -1;
       spec.targets.push_back(*target);
     }

@@ -28,6 +28,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include "core/error.h"
+#include "core/model/hf_model.h"
+#include "core/model/lora_layout.h"
 
 namespace lora {
 
@@ -39,13 +41,17 @@ namespace {
 // ("train", "lora.init") is a section that holds a mapping.
 constexpr const char* kLeafKeys[] = {
     "run.name",          "run.output_dir",     "run.seed",
-    "model.arch",        "model.weights",      "model.vocab_size",
-    "model.n_layer",     "model.n_head",       "model.d_model",
-    "model.max_seq_len", "model.dtype",        "lora.rank",
+    "model.path",        "model.arch",         "model.weights",
+    "model.vocab_size",  "model.n_layer",      "model.n_head",
+    "model.n_kv_head",   "model.d_model",      "model.d_ff",
+    "model.max_seq_len", "model.rope_theta",   "model.tie_embeddings",
+    "model.dtype",       "lora.rank",
     "lora.alpha",        "lora.dropout",       "lora.rslora",
     "lora.targets",      "lora.init.a",        "lora.init.b",
     "data.train",        "data.val",           "data.format",
-    "data.seq_len",      "train.mode",         "train.micro_batch",
+    "data.seq_len",      "data.tokenizer",     "data.template",
+    "data.mask_prompt",  "data.pack",
+    "train.mode",        "train.micro_batch",
     "train.grad_accum",  "train.steps",        "train.lr",
     "train.warmup_steps", "train.schedule",    "train.min_lr",
     "train.weight_decay", "train.grad_clip",   "train.eval_every",
@@ -404,9 +410,52 @@ std::string resolve_input_file(const std::string& path, const std::string& where
   return shown;
 }
 
-std::string target_names_help() {
-  return "attn.qkv, attn.proj, mlp.fc, mlp.proj, or a Hugging Face alias: c_attn, attn.c_attn, "
-         "qkv, c_proj, attn.c_proj, o_proj, c_fc, mlp.c_fc, fc, mlp.c_proj";
+// data.tokenizer: a tokenizer.json or a model directory holding one, resolved like data files.
+std::string resolve_tokenizer_path(const std::string& path, const std::string& where,
+                                   const std::string& source) {
+  if (path.empty()) {
+    throw InputError(detail::concat(where, ": data.tokenizer: expected a tokenizer.json or a model directory, got an empty string"));
+  }
+  fs::path p(path);
+  if (p.is_relative() && !where.starts_with("--set ")) p = fs::path(source).parent_path() / p;
+  std::error_code ec;
+  fs::path abs = fs::absolute(p, ec);
+  if (ec) abs = p;
+  abs = abs.lexically_normal();
+  if (abs.has_parent_path() && abs.filename().empty()) abs = abs.parent_path();
+  if (fs::is_directory(abs, ec)) {
+    if (!fs::is_regular_file(abs / "tokenizer.json", ec)) {
+      throw InputError(detail::concat(where, ": data.tokenizer: directory '", abs.string(),
+                                      "' has no tokenizer.json"));
+    }
+    return abs.string();
+  }
+  return resolve_input_file(path, where, "data.tokenizer", source);
+}
+
+// A directory path (model.path), resolved like resolve_input_file; it must name a directory.
+std::string resolve_input_dir(const std::string& path, const std::string& where,
+                              const std::string& key, const std::string& source) {
+  if (path.empty()) {
+    throw InputError(detail::concat(where, ": ", key, ": expected a directory, got an empty string"));
+  }
+  fs::path p(path);
+  if (p.is_relative() && !where.starts_with("--set ")) p = fs::path(source).parent_path() / p;
+  std::error_code ec;
+  fs::path abs = fs::absolute(p, ec);
+  if (ec) abs = p;
+  abs = abs.lexically_normal();
+  if (abs.has_parent_path() && abs.filename().empty()) abs = abs.parent_path();
+  fs::file_status st = fs::status(abs, ec);
+  if (ec || !fs::exists(st)) {
+    throw InputError(detail::concat(where, ": ", key, ": directory '", path,
+                                    "' does not exist (looked for ", abs.string(), ")"));
+  }
+  if (!fs::is_directory(st)) {
+    throw InputError(detail::concat(where, ": ", key, ": '", abs.string(),
+                                    "' is not a directory (expected a Hugging Face model directory)"));
+  }
+  return abs.string();
 }
 
 std::string_view device_backend_name(DeviceBackend b) {
@@ -459,14 +508,20 @@ std::string emit_resolved(const Config& c) {
   num("seed", c.run.seed);
   out << YAML::EndMap;
 
+  const ModelSpec& ms = c.model.spec;
   out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
-  plain("arch", c.model.arch);
+  if (!c.model.path.empty()) str("path", c.model.path);
+  plain("arch", ms.arch);
   str("weights", c.model.weights);
-  num("vocab_size", c.model.shape.vocab_size);
-  num("n_layer", c.model.shape.n_layer);
-  num("n_head", c.model.shape.n_head);
-  num("d_model", c.model.shape.d_model);
-  num("max_seq_len", c.model.shape.max_seq_len);
+  num("vocab_size", ms.vocab_size);
+  num("n_layer", ms.n_layer);
+  num("n_head", ms.n_head);
+  if (!ms.is_gpt2()) num("n_kv_head", ms.kv_heads());
+  num("d_model", ms.d_model);
+  if (!ms.is_gpt2() || ms.ff() != 4 * ms.d_model) num("d_ff", ms.ff());
+  num("max_seq_len", ms.max_seq_len);
+  if (ms.positions == PositionKind::kRope) num("rope_theta", ms.rope_theta);
+  if (!ms.is_gpt2()) plain("tie_embeddings", ms.tied_embeddings ? "true" : "false");
   plain("dtype", c.model.dtype);
   out << YAML::EndMap;
 
@@ -476,7 +531,7 @@ std::string emit_resolved(const Config& c) {
   num("dropout", c.lora.dropout);
   plain("rslora", c.lora.rslora ? "true" : "false");
   out << YAML::Key << "targets" << YAML::Value << YAML::Flow << YAML::BeginSeq;
-  for (LoraTarget t : c.lora.targets) out << std::string(lora_target_name(t));
+  for (LoraTarget t : c.lora.targets) out << std::string(lora_target_name(t, ms));
   out << YAML::EndSeq;
   out << YAML::Key << "init" << YAML::Value << YAML::BeginMap;
   plain("a", lora_init_a_name(c.lora.init_a));
@@ -488,6 +543,10 @@ std::string emit_resolved(const Config& c) {
   paths("val", c.data.val);
   plain("format", data_format_name(c.data.format));
   num("seq_len", c.data.seq_len);
+  str("tokenizer", c.data.tokenizer);
+  plain("template", chat_template_name(c.data.chat_template));
+  plain("mask_prompt", c.data.mask_prompt ? "true" : "false");
+  plain("pack", c.data.pack ? "true" : "false");
   out << YAML::EndMap;
 
   const TrainConfig& t = c.train;
@@ -547,17 +606,94 @@ Config build_config(const LeafTable& table) {
   }
   c.run.seed = r.get_u64("run.seed", defaults.run.seed);
 
-  // model
-  c.model.arch = std::vector<std::string>{"gpt2"}[r.get_enum("model.arch", 0, {"gpt2"})];
+  // model: the spec from model.path's config.json (the YAML's shape keys must agree with it), or
+  // the family's defaults with the YAML's sizes.
+  const std::vector<std::string> archs{"gpt2", "llama", "qwen2", "mistral"};
+  const std::string arch = archs[r.get_enum("model.arch", 0, archs)];
+  c.model.path = r.get_string("model.path", "", true);
   c.model.weights = r.get_string("model.weights", "", true);
-  ModelShape& s = c.model.shape;
-  s.vocab_size = static_cast<int>(r.get_integer("model.vocab_size", s.vocab_size, 1, kIntMax));
-  s.n_layer = static_cast<int>(r.get_integer("model.n_layer", s.n_layer, 1, kIntMax));
-  s.n_head = static_cast<int>(r.get_integer("model.n_head", s.n_head, 1, kIntMax));
-  s.d_model = static_cast<int>(r.get_integer("model.d_model", s.d_model, 1, kIntMax));
-  s.max_seq_len = static_cast<int>(r.get_integer("model.max_seq_len", s.max_seq_len, 1, kIntMax));
+  ModelSpec given;  // the YAML's sizes, defaults where absent
+  given.vocab_size = static_cast<int>(r.get_integer("model.vocab_size", given.vocab_size, 1, kIntMax));
+  given.n_layer = static_cast<int>(r.get_integer("model.n_layer", given.n_layer, 1, kIntMax));
+  given.n_head = static_cast<int>(r.get_integer("model.n_head", given.n_head, 1, kIntMax));
+  given.n_kv_head = static_cast<int>(r.get_integer("model.n_kv_head", 0, 1, kIntMax));
+  given.d_model = static_cast<int>(r.get_integer("model.d_model", given.d_model, 1, kIntMax));
+  given.d_ff = static_cast<int>(r.get_integer("model.d_ff", 0, 1, kIntMax));
+  given.max_seq_len = static_cast<int>(r.get_integer("model.max_seq_len", given.max_seq_len, 1, kIntMax));
+  const float rope_theta = r.get_real<float>("model.rope_theta", 10000.0f);
   const std::vector<std::string> dtypes{"fp32", "bf16"};
   c.model.dtype = dtypes[r.get_enum("model.dtype", 0, dtypes)];
+  ModelSpec& s = c.model.spec;
+  if (!c.model.path.empty()) {
+    if (!c.model.weights.empty()) {
+      range_error(r, "model.weights", "model.weights",
+                  "null when model.path is given (the directory's safetensors are the weights)",
+                  "'" + c.model.weights + "'");
+    }
+    c.model.path = resolve_input_dir(c.model.path, r.where("model.path"), "model.path",
+                                     table.source());
+    const HfModelDir dir = read_hf_model_dir(c.model.path);
+    s = dir.spec;
+    if (table.find("model.arch") && arch != s.arch) {
+      range_error(r, "model.arch", "model.arch", "'" + s.arch + "' as " + dir.config_path +
+                  " says (model_type), or no model.arch", "'" + arch + "'");
+    }
+    auto agree = [&](const char* key, int yaml_value, int dir_value, const char* hf_key) {
+      if (!table.find(key) || yaml_value == dir_value) return;
+      range_error(r, key, key, std::to_string(dir_value) + " as " + dir.config_path + " says (" +
+                  hf_key + "), or no " + key, std::to_string(yaml_value));
+    };
+    const bool g2 = s.is_gpt2();
+    agree("model.vocab_size", given.vocab_size, s.vocab_size, "vocab_size");
+    agree("model.n_layer", given.n_layer, s.n_layer, g2 ? "n_layer" : "num_hidden_layers");
+    agree("model.n_head", given.n_head, s.n_head, g2 ? "n_head" : "num_attention_heads");
+    agree("model.n_kv_head", given.n_kv_head, s.kv_heads(), "num_key_value_heads");
+    agree("model.d_model", given.d_model, s.d_model, g2 ? "n_embd" : "hidden_size");
+    agree("model.d_ff", given.d_ff, s.ff(), g2 ? "n_inner" : "intermediate_size");
+    agree("model.max_seq_len", given.max_seq_len, s.max_seq_len,
+          g2 ? "n_positions" : "max_position_embeddings");
+    if (table.find("model.rope_theta") && rope_theta != s.rope_theta) {
+      range_error(r, "model.rope_theta", "model.rope_theta",
+                  number_text(s.rope_theta) + " as " + dir.config_path + " says, or no model.rope_theta",
+                  number_text(rope_theta));
+    }
+    if (table.find("model.tie_embeddings") &&
+        r.get_bool("model.tie_embeddings", false) != s.tied_embeddings) {
+      range_error(r, "model.tie_embeddings", "model.tie_embeddings",
+                  std::string(s.tied_embeddings ? "true" : "false") + " as " + dir.config_path +
+                      " says (tie_word_embeddings), or no model.tie_embeddings",
+                  s.tied_embeddings ? "false" : "true");
+    }
+  } else {
+    if (given.d_model % given.n_head != 0) {
+      range_error(r, table.find("model.n_head") ? "model.n_head" : "model.d_model", "model.n_head",
+                  "a divisor of model.d_model = " + std::to_string(given.d_model),
+                  std::to_string(given.n_head));
+    }
+    s = family_spec(arch, given);
+    if (s.positions == PositionKind::kRope) s.rope_theta = rope_theta;
+    else if (table.find("model.rope_theta"))
+      range_error(r, "model.rope_theta", "model.rope_theta", "no rope_theta: " + arch +
+                  " has learned positions", number_text(rope_theta));
+    if (table.find("model.tie_embeddings")) {
+      s.tied_embeddings = r.get_bool("model.tie_embeddings", s.tied_embeddings);
+      if (s.is_gpt2() && !s.tied_embeddings)
+        range_error(r, "model.tie_embeddings", "model.tie_embeddings",
+                    "true for gpt2 (its LM head is the token embedding)", "false");
+    }
+    if (given.n_kv_head > 0 && given.n_head % given.n_kv_head != 0) {
+      range_error(r, "model.n_kv_head", "model.n_kv_head",
+                  "a divisor of model.n_head = " + std::to_string(given.n_head),
+                  std::to_string(given.n_kv_head));
+    }
+    if (s.is_gpt2() && given.n_kv_head > 0 && given.n_kv_head != given.n_head) {
+      range_error(r, "model.n_kv_head", "model.n_kv_head",
+                  "model.n_head = " + std::to_string(given.n_head) +
+                      " (GPT-2 has no grouped-query attention), or no model.n_kv_head",
+                  std::to_string(given.n_kv_head));
+    }
+    validate_spec(s, table.source());
+  }
 
   // lora
   LoraSpec& l = c.lora;
@@ -572,34 +708,53 @@ Config build_config(const LeafTable& table) {
     l.targets.clear();
     std::vector<std::string> given;
     for (auto& [name, where] : r.get_string_list("lora.targets", "a list of target names")) {
-      std::optional<LoraTarget> t = parse_lora_target(name);
+      if (name == "all-linear") {  // every linear of every block, as PEFT's "all-linear"
+        for (LoraTarget t : family_targets(s)) {
+          if (std::find(l.targets.begin(), l.targets.end(), t) != l.targets.end()) {
+            throw InputError(detail::concat(where, ": lora.targets: 'all-linear' includes '",
+                                            lora_target_name(t, s), "', which is listed too"));
+          }
+          l.targets.push_back(t);
+          given.push_back(name);
+        }
+        continue;
+      }
+      std::optional<LoraTarget> t = parse_lora_target(name, s);
       if (!t) {
         throw InputError(detail::concat(where, ": lora.targets: unknown target '", name,
-                                        "' (expected one of: ", target_names_help(), ")"));
+                                        "' for a ", s.arch, " model (expected one of: ",
+                                        lora_target_names_help(s), ")"));
       }
       auto dup = std::find(l.targets.begin(), l.targets.end(), *t);
       if (dup != l.targets.end()) {
         const std::string& first = given[dup - l.targets.begin()];
+        const std::string tname(lora_target_name(*t, s));
         const std::string why = first == name ? std::string()
                                               : " ('" + first + "' and '" + name + "' both name " +
-                                                    std::string(lora_target_name(*t)) + ")";
-        throw InputError(detail::concat(where, ": lora.targets: '", lora_target_name(*t),
-                                        "' is listed twice", why));
+                                                    tname + ")";
+        throw InputError(detail::concat(where, ": lora.targets: '", tname, "' is listed twice", why));
       }
       l.targets.push_back(*t);
       given.push_back(name);
     }
     if (l.targets.empty()) {
       throw InputError(detail::concat(leaf->where, ": lora.targets: expected at least one target (",
-                                      target_names_help(), ")"));
+                                      lora_target_names_help(s), ")"));
     }
+  } else if (!s.is_gpt2()) {
+    l.targets = {LoraTarget::kQ, LoraTarget::kV};  // the Llama family's usual default, as PEFT's
   }
   l.init_a = static_cast<LoraInitA>(r.get_enum("lora.init.a", 0, {"gaussian", "kaiming", "zeros"}));
   l.init_b = static_cast<LoraInitB>(r.get_enum("lora.init.b", 0, {"zeros", "gaussian"}));
 
   // data
-  c.data.format = static_cast<DataFormat>(r.get_enum("data.format", 0, {"text", "tokens"}));
+  c.data.format = static_cast<DataFormat>(r.get_enum("data.format", 0, {"text", "tokens", "jsonl"}));
   c.data.seq_len = static_cast<int>(r.get_integer("data.seq_len", c.data.seq_len, 1, kIntMax));
+  const std::string tokenizer_path = r.get_string("data.tokenizer", "", true);
+  c.data.chat_template =
+      static_cast<ChatTemplate>(r.get_enum("data.template", 0, {"none", "chatml", "llama3"}));
+  c.data.mask_prompt = r.get_bool("data.mask_prompt", c.data.mask_prompt);
+  c.data.pack = r.get_bool("data.pack", c.data.pack);
   const auto train_paths = r.get_string_list("data.train", "a path or a list of paths");
   const auto val_paths = r.get_string_list("data.val", "a path or a list of paths");
 
@@ -637,11 +792,7 @@ Config build_config(const LeafTable& table) {
   // A cross-key error is reported at the offending key's line, or at the other key's line when
   // the offending key was left at its default.
   auto set_or = [&](const char* key, const char* other) { return table.find(key) ? key : other; };
-  if (s.d_model % s.n_head != 0) {
-    range_error(r, set_or("model.n_head", "model.d_model"), "model.n_head",
-                "a divisor of model.d_model = " + std::to_string(s.d_model), std::to_string(s.n_head));
-  }
-  if (c.data.format == DataFormat::kText && s.vocab_size < 256) {
+  if (c.data.format == DataFormat::kText && tokenizer_path.empty() && s.vocab_size < 256) {
     range_error(r, set_or("model.vocab_size", "data.format"), "model.vocab_size",
                 "at least 256 with data.format text (one token per byte)",
                 std::to_string(s.vocab_size));
@@ -651,19 +802,27 @@ Config build_config(const LeafTable& table) {
                 "at most model.max_seq_len = " + std::to_string(s.max_seq_len),
                 std::to_string(c.data.seq_len));
   }
+  if (s.sliding_window > 0 && c.data.seq_len > s.sliding_window) {
+    range_error(r, "data.seq_len", "data.seq_len",
+                "at most the model's sliding_window = " + std::to_string(s.sliding_window) +
+                    " (sliding-window attention is not implemented; within the window it is full "
+                    "causal attention)",
+                std::to_string(c.data.seq_len));
+  }
   if (!(l.alpha > 0)) range_error(r, "lora.alpha", "lora.alpha", "a number > 0", number_text(l.alpha));
   if (!(l.dropout >= 0 && l.dropout < 1)) {
     range_error(r, "lora.dropout", "lora.dropout", "a number in [0, 1)", number_text(l.dropout));
   }
   if (t.mode == TrainMode::kLora) {
     for (LoraTarget target : l.targets) {
-      auto [d_in, d_out] = lora_target_dims(target, s.d_model);
-      const int limit = std::min(d_in, d_out);
+      const TargetGeometry g = lora_target_geometry(target, s);
+      const int limit = std::min(g.d_in, g.d_out);
       if (l.rank > limit) {
         range_error(r, set_or("lora.rank", "model.d_model"), "lora.rank",
                     "at most " + std::to_string(limit) + " = min(d_in, d_out) of target " +
-                        std::string(lora_target_name(target)) + " [" + std::to_string(d_in) + ", " +
-                        std::to_string(d_out) + "] at model.d_model = " + std::to_string(s.d_model),
+                        std::string(lora_target_name(target, s)) + " [" + std::to_string(g.d_in) +
+                        ", " + std::to_string(g.d_out) + "] at model.d_model = " +
+                        std::to_string(s.d_model),
                     std::to_string(l.rank));
       }
     }
@@ -704,6 +863,15 @@ Config build_config(const LeafTable& table) {
   }
   for (const auto& [path, where] : val_paths) {
     c.data.val.push_back(resolve_input_file(path, where, "data.val", table.source()));
+  }
+  if (!tokenizer_path.empty()) {
+    c.data.tokenizer = resolve_tokenizer_path(tokenizer_path, r.where("data.tokenizer"), table.source());
+  }
+  // Without data.tokenizer, model.path's tokenizer.json is the tokenizer (tokenizer_source()).
+  if (c.data.format == DataFormat::kJsonl && tokenizer_source(c).empty()) {
+    throw InputError(detail::concat(r.where("data.format"),
+                                    ": data.tokenizer: required with data.format jsonl (a tokenizer.json "
+                                    "or a model directory), unless model.path holds a tokenizer.json"));
   }
   if (!c.model.weights.empty()) {
     c.model.weights = resolve_input_file(c.model.weights, r.where("model.weights"), "model.weights",
@@ -753,7 +921,29 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 }
 
 std::string_view data_format_name(DataFormat f) {
-  return f == DataFormat::kText ? "text" : "tokens";
+  switch (f) {
+    case DataFormat::kText: return "text";
+    case DataFormat::kTokens: return "tokens";
+    case DataFormat::kJsonl: return "jsonl";
+  }
+  return "?";
+}
+
+std::string_view chat_template_name(ChatTemplate t) {
+  switch (t) {
+    case ChatTemplate::kNone: return "none";
+    case ChatTemplate::kChatml: return "chatml";
+    case ChatTemplate::kLlama3: return "llama3";
+  }
+  return "?";
+}
+
+std::string tokenizer_source(const Config& c) {
+  if (!c.data.tokenizer.empty()) return c.data.tokenizer;
+  std::error_code ec;
+  if (!c.model.path.empty() && fs::is_regular_file(fs::path(c.model.path) / "tokenizer.json", ec))
+    return c.model.path;
+  return "";
 }
 
 std::string_view lr_schedule_name(LrSchedule s) {

@@ -12,11 +12,14 @@
 #include <vector>
 
 #include "core/model/lora_layout.h"
-#include "core/model/shape.h"
+#include "core/model/spec.h"
 
 namespace lora {
 
-enum class DataFormat { kText, kTokens };
+enum class DataFormat { kText, kTokens, kJsonl };
+// How JSONL examples become text (DESIGN.md section 4, Data): none = the texts as they are;
+// chatml = Qwen2's chat template; llama3 = Llama 3's.
+enum class ChatTemplate { kNone, kChatml, kLlama3 };
 enum class LrSchedule { kCosine, kConstant };
 enum class DeviceBackend { kAuto, kCpu, kCuda };
 enum class CommBackend { kAuto, kLocal, kMpi, kNccl };
@@ -28,10 +31,11 @@ struct RunConfig {
 };
 
 struct ModelConfig {
-  std::string arch = "gpt2";
-  std::string weights;  // empty: random init from run.seed
-  ModelShape shape;
+  std::string path;     // a Hugging Face model directory (config.json + safetensors), or empty
+  std::string weights;  // one safetensors file in the family's names; empty with neither: random
+  ModelSpec spec;       // arch and sizes: from path's config.json, or from the YAML keys
   std::string dtype = "fp32";  // fp32 | bf16 (bf16 is for the CUDA backend)
+  const std::string& arch() const { return spec.arch; }
 };
 
 struct DataConfig {
@@ -39,6 +43,10 @@ struct DataConfig {
   std::vector<std::string> val;  // may be empty: no evaluation
   DataFormat format = DataFormat::kText;
   int seq_len = 64;
+  std::string tokenizer;  // tokenizer.json or model directory; empty: bytes are tokens (text)
+  ChatTemplate chat_template = ChatTemplate::kNone;
+  bool mask_prompt = true;  // jsonl: loss only on completion / assistant tokens
+  bool pack = true;         // jsonl: pack examples into seq_len windows (else one per sequence)
 };
 
 struct TrainConfig {
@@ -102,6 +110,10 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
                     const std::vector<std::string>& overrides = {});
 
 std::string_view data_format_name(DataFormat f);
+std::string_view chat_template_name(ChatTemplate t);
+// The tokenizer the data uses: data.tokenizer, else model.path when that directory holds a
+// tokenizer.json. Empty: none (text bytes are the tokens).
+std::string tokenizer_source(const Config& c);
 std::string_view lr_schedule_name(LrSchedule s);
 std::string_view train_mode_name(TrainMode m);
 

@@ -18,7 +18,8 @@
 
 #include "comm/grad_reducer.h"
 #include "core/error.h"
-#include "core/optimizer.h"
+#include "core/model/hf_model.h"
+#include "core/model/transformer.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "trainer/lr_schedule.h"
@@ -69,16 +70,16 @@ std::string human_duration(double s) {
 }
 
 // The sequences of one micro-batch: global indices rank + world * (micro * m + j), j < m.
+// tokens, targets [m, seq_len]; seq_ids [m].
 void fill_batch(const TokenStream& data, uint64_t seed, uint64_t step, int rank, int world,
-                int micro, int m, int seq_len, std::vector<int32_t>& tokens,
-                std::vector<int32_t>& targets, std::vector<uint64_t>& seq_ids) {
+                int micro, int m, int seq_len, int32_t* tokens, int32_t* targets,
+                uint64_t* seq_ids) {
   for (int j = 0; j < m; ++j) {
     const uint64_t global = static_cast<uint64_t>(rank) +
                             static_cast<uint64_t>(world) * (static_cast<uint64_t>(micro) * m + j);
     seq_ids[j] = global;
-    const size_t start = sequence_start(seed, step, global, data.size(), seq_len);
-    data.copy_sequence(start, seq_len, tokens.data() + static_cast<size_t>(j) * seq_len,
-                       targets.data() + static_cast<size_t>(j) * seq_len);
+    data.fill_sequence(seed, step, global, seq_len, tokens + static_cast<size_t>(j) * seq_len,
+                       targets + static_cast<size_t>(j) * seq_len);
   }
 }
 
@@ -91,40 +92,43 @@ int configure_threads(int threads) {
   return n;
 }
 
-std::unique_ptr<Gpt2Model> build_model(const Config& cfg) {
-  // The CUDA ops and model exist (core/ops/*.cu, core/model/gpt2_cuda.h) but the training loop
-  // drives the CPU backend only.
+std::unique_ptr<Model> build_model(const Config& cfg) {
+  // The CUDA ops and GPT-2 model exist (core/ops/*.cu, core/model/gpt2_cuda.h) but the training
+  // loop drives the CPU backend only.
   LORA_INPUT_CHECK(cfg.device.backend != DeviceBackend::kCuda, cfg.source_path,
                    ": device.backend: cuda is not available in the trainer yet (expected auto or cpu)");
   LORA_INPUT_CHECK(cfg.model.dtype == "fp32", cfg.source_path, ": model.dtype: ", cfg.model.dtype,
                    " needs the CUDA backend; the CPU backend computes in fp32 (expected fp32)");
-  std::optional<LoraSpec> spec;
-  if (cfg.train.mode == TrainMode::kLora) spec = cfg.lora;
-  auto model = std::make_unique<Gpt2Model>(cfg.model.shape, cfg.train.mode, spec);
-  if (cfg.model.weights.empty()) {
-    model->init_base_random(cfg.run.seed);
+  std::optional<LoraSpec> lora;
+  if (cfg.train.mode == TrainMode::kLora) lora = cfg.lora;
+  auto model = std::make_unique<TransformerModel>(cfg.model.spec, cfg.train.mode, lora);
+  if (!cfg.model.path.empty()) {
+    load_base_weights(read_hf_model_dir(cfg.model.path).weight_files, model->base_layout(),
+                      model->base_params());
+  } else if (!cfg.model.weights.empty()) {
+    load_base_weights({cfg.model.weights}, model->base_layout(), model->base_params());
   } else {
-    load_gpt2_weights(cfg.model.weights, model->base_layout(), model->base_params());
+    model->init_base_random(cfg.run.seed);
   }
+  model->refresh_fingerprint();
   model->init_lora(hash_u64(cfg.run.seed, kLoraInitStream));
   return model;
 }
 
-uint64_t lora_grad_bytes(const ModelShape& shape, const LoraSpec& spec) {
-  return LoraLayout(shape, spec).n_params() * sizeof(float);
+uint64_t lora_grad_bytes(const ModelSpec& spec, const LoraSpec& lora) {
+  return LoraLayout(spec, lora).n_params() * sizeof(float);
 }
 
-uint64_t full_grad_bytes(const ModelShape& shape) {
-  return Gpt2Layout(shape).n_params() * sizeof(float);
+uint64_t full_grad_bytes(const ModelSpec& spec) {
+  return BaseLayout(spec).n_params() * sizeof(float);
 }
 
-double evaluate(Gpt2Model& model, const TokenStream& val, const Config& cfg,
-                comm::Communicator& comm) {
+double evaluate(Model& model, const TokenStream& val, const Config& cfg, comm::Communicator& comm) {
   const int T = cfg.data.seq_len, m = cfg.train.micro_batch;
   const long total = static_cast<long>(cfg.train.eval_batches) * m;
   std::vector<int32_t> tokens(static_cast<size_t>(m) * T), targets(tokens.size());
   std::vector<uint64_t> ids(m);
-  double sums[2] = {0.0, 0.0};  // loss sum, sequence count
+  double sums[2] = {0.0, 0.0};  // loss sum, unmasked target count
   std::vector<long> mine;
   for (long i = comm.rank(); i < total; i += comm.size()) mine.push_back(i);
   for (size_t begin = 0; begin < mine.size(); begin += m) {
@@ -132,13 +136,12 @@ double evaluate(Gpt2Model& model, const TokenStream& val, const Config& cfg,
     for (int j = 0; j < n; ++j) {
       const uint64_t i = static_cast<uint64_t>(mine[begin + j]);
       ids[j] = i;
-      const size_t start = sequence_start(hash_u64(cfg.run.seed, kEvalStream), 0, i, val.size(), T);
-      val.copy_sequence(start, T, tokens.data() + static_cast<size_t>(j) * T,
+      val.fill_sequence(hash_u64(cfg.run.seed, kEvalStream), 0, i, T, tokens.data() + static_cast<size_t>(j) * T,
                         targets.data() + static_cast<size_t>(j) * T);
     }
     const float loss = model.forward(tokens.data(), targets.data(), n, T);
-    sums[0] += static_cast<double>(loss) * n;
-    sums[1] += n;
+    sums[0] += static_cast<double>(loss) * static_cast<double>(model.n_targets());
+    sums[1] += static_cast<double>(model.n_targets());
   }
   comm.all_reduce(std::span<double>(sums, 2), comm::ReduceOp::kSum);
   return sums[1] > 0 ? sums[0] / sums[1] : std::numeric_limits<double>::quiet_NaN();
@@ -161,9 +164,16 @@ void flatten_yaml(const YAML::Node& node, const std::string& prefix,
 
 // Keys that change what the adapters mean or which data a step sees: never changed on resume.
 const std::set<std::string> kFrozenOnResume = {
-    "model.arch", "model.vocab_size", "model.n_layer", "model.n_head", "model.d_model",
-    "model.max_seq_len", "lora.rank", "lora.alpha", "lora.rslora", "lora.targets", "train.mode",
-    "run.seed", "data.format", "data.seq_len"};
+    "model.arch", "model.vocab_size", "model.n_layer", "model.n_head", "model.n_kv_head",
+    "model.d_model", "model.d_ff", "model.max_seq_len", "model.rope_theta",
+    "model.tie_embeddings", "lora.rank", "lora.alpha", "lora.rslora", "lora.targets",
+    "train.mode", "run.seed", "data.format", "data.seq_len", "data.tokenizer", "data.template",
+    "data.mask_prompt", "data.pack"};
+
+// Keys added after checkpoints already existed, with the value that means what their absence
+// meant: a checkpoint without the key resumes under that value with no change to report.
+const std::map<std::string, std::string> kAddedKeyDefaults = {
+    {"data.tokenizer", "~"}, {"data.template", "none"}, {"data.mask_prompt", "true"}, {"data.pack", "true"}};
 
 // Resume state that every rank needs, sent from rank 0 (only rank 0 reads the file).
 struct ResumeScalars {
@@ -186,7 +196,13 @@ std::vector<std::string> resume_config_changes(const std::string& ckpt_yaml, con
     auto it = old_keys.find(key);
     const std::string old_value = it == old_keys.end() ? "(unset)" : it->second;
     if (old_value == value) continue;
-    if (kFrozenOnResume.count(key))
+    if (it == old_keys.end()) {
+      const auto d = kAddedKeyDefaults.find(key);
+      if (d != kAddedKeyDefaults.end() && d->second == value) continue;
+    }
+    // A key the checkpoint's config does not have was added after it was written (model.n_kv_head,
+    // say); the model spec itself is compared by check_checkpoint_fits.
+    if (kFrozenOnResume.count(key) && it != old_keys.end())
       throw InputError(path + ": cannot resume with " + key + " = " + value +
                        ": the checkpoint was trained with " + key + " = " + old_value);
     changes.push_back(key + ": " + old_value + " -> " + value);
@@ -194,40 +210,45 @@ std::vector<std::string> resume_config_changes(const std::string& ckpt_yaml, con
   return changes;
 }
 
-void check_checkpoint_fits(const CheckpointState& c, const std::string& path,
-                           const Gpt2Model& model, const Config& cfg) {
+void check_checkpoint_fits(const CheckpointState& c, const std::string& path, const Model& model,
+                           const Config& cfg) {
   auto mismatch = [&](const std::string& what, const auto& ckpt_value, const auto& cfg_value) {
     std::ostringstream os;
     os << path << ": checkpoint " << what << " is " << ckpt_value << " but the config gives "
        << cfg_value;
     throw InputError(os.str());
   };
-  if (c.arch != cfg.model.arch) mismatch("arch", c.arch, cfg.model.arch);
-  const ModelShape& a = c.shape;
-  const ModelShape& b = cfg.model.shape;
+  const ModelSpec& a = c.spec;
+  const ModelSpec& b = cfg.model.spec;
+  if (a.arch != b.arch) mismatch("model.arch", a.arch, b.arch);
   if (a.vocab_size != b.vocab_size) mismatch("model.vocab_size", a.vocab_size, b.vocab_size);
   if (a.max_seq_len != b.max_seq_len) mismatch("model.max_seq_len", a.max_seq_len, b.max_seq_len);
   if (a.n_layer != b.n_layer) mismatch("model.n_layer", a.n_layer, b.n_layer);
   if (a.n_head != b.n_head) mismatch("model.n_head", a.n_head, b.n_head);
+  if (a.kv_heads() != b.kv_heads()) mismatch("model.n_kv_head", a.kv_heads(), b.kv_heads());
   if (a.d_model != b.d_model) mismatch("model.d_model", a.d_model, b.d_model);
+  if (a.ff() != b.ff()) mismatch("model.d_ff", a.ff(), b.ff());
+  if (a.head_size() != b.head_size()) mismatch("head_dim", a.head_size(), b.head_size());
+  if (describe_spec(a) != describe_spec(b))
+    mismatch("model", "'" + describe_spec(a) + "'", "'" + describe_spec(b) + "'");
   if (c.mode != cfg.train.mode)
     mismatch("train.mode", train_mode_name(c.mode), train_mode_name(cfg.train.mode));
   if (c.mode == TrainMode::kLora) {
-    const std::string fp = base_fingerprint(model.base_params(), model.n_base_params());
+    const std::string& fp = model.base_fingerprint();
     if (c.base_fingerprint != fp)
       throw InputError(path + ": the adapters were trained on a base with fingerprint " +
                        c.base_fingerprint + ", but this config's base (" +
-                       (cfg.model.weights.empty() ? std::string("random init from run.seed")
-                                                  : cfg.model.weights) +
+                       (!cfg.model.path.empty()      ? cfg.model.path
+                        : !cfg.model.weights.empty() ? cfg.model.weights
+                                                     : std::string("random init from run.seed")) +
                        ") has fingerprint " + fp);
     if (c.lora.rank != cfg.lora.rank) mismatch("lora.rank", c.lora.rank, cfg.lora.rank);
     if (c.lora.alpha != cfg.lora.alpha) mismatch("lora.alpha", c.lora.alpha, cfg.lora.alpha);
     if (c.lora.rslora != cfg.lora.rslora) mismatch("lora.rslora", c.lora.rslora, cfg.lora.rslora);
-    auto names = [](const LoraSpec& s) {
+    auto names = [&](const LoraSpec& s) {
       std::string out;
-      for (int t = 0; t < kNumLoraTargets; ++t)
-        if (s.has_target(static_cast<LoraTarget>(t)))
-          out += (out.empty() ? "" : ",") + std::string(lora_target_name(static_cast<LoraTarget>(t)));
+      for (LoraTarget t : family_targets(b))
+        if (s.has_target(t)) out += (out.empty() ? "" : ",") + std::string(lora_target_name(t, b));
       return "[" + out + "]";
     };
     if (names(c.lora) != names(cfg.lora)) mismatch("lora.targets", names(c.lora), names(cfg.lora));
@@ -236,18 +257,18 @@ void check_checkpoint_fits(const CheckpointState& c, const std::string& path,
     mismatch("parameter count", c.params.size(), model.n_trainable());
 }
 
-void load_checkpoint_weights(Gpt2Model& model, const Config& cfg, const std::string& path) {
+void load_checkpoint_weights(Model& model, const Config& cfg, const std::string& path) {
   const CheckpointState c = read_checkpoint(path);
   check_checkpoint_fits(c, path, model, cfg);
-  std::copy(c.params.begin(), c.params.end(), model.trainable_params());
+  model.set_trainable(c.params);
 }
 
 namespace {
 
 // Rank 0: finds the checkpoint --resume asks for, checks that it fits the config, and loads it into
 // the model and the optimizer. Returns the scalars every rank needs (has = 0: start fresh).
-ResumeScalars restore_checkpoint(const Config& cfg, const TrainOptions& opts, Gpt2Model& model,
-                                 AdamW& optimizer, int world, std::ostream& out,
+ResumeScalars restore_checkpoint(const Config& cfg, const TrainOptions& opts, Model& model,
+                                 TrainableOptimizer& optimizer, int world, std::ostream& out,
                                  std::string* metrics_so_far) {
   const std::string ckpt_dir = cfg.checkpoint_dir();
   std::string path = opts.resume_path;
@@ -267,15 +288,44 @@ ResumeScalars restore_checkpoint(const Config& cfg, const TrainOptions& opts, Gp
     out << "lora: resume: changed " << change << "\n";
   LORA_INPUT_CHECK(c.step <= cfg.train.steps, path, ": checkpoint is at step ", c.step,
                    " but train.steps is ", cfg.train.steps);
-  std::copy(c.params.begin(), c.params.end(), model.trainable_params());
-  optimizer.m() = std::move(c.adam_m);
-  optimizer.v() = std::move(c.adam_v);
+  model.set_trainable(c.params);
+  optimizer.set_moments(c.adam_m, c.adam_v);
   *metrics_so_far = c.metrics_jsonl;
   out << "lora: resume: from " << path << " at step " << c.step << " (" << c.tokens_seen
       << " tokens seen, written by a world of " << c.world_size << ")";
   if (c.world_size != world) out << "; continuing with a world of " << world;
   out << std::endl;
   return {1, c.step, static_cast<int64_t>(c.tokens_seen), c.optimizer_step};
+}
+
+// Full mode: the trained model as a Hugging Face model directory in run.output_dir
+// (model.safetensors, then config.json; each written atomically).
+void save_full_model(const Config& cfg, const Model& model) {
+  std::vector<float> base(model.n_base_params());
+  model.get_base(base);
+  const fs::path dir(cfg.run.output_dir);
+  save_base_weights((dir / "model.safetensors").string(), model.base_layout(), base.data());
+  json::Value source;
+  if (!cfg.model.path.empty()) source = read_hf_model_dir(cfg.model.path).config;
+  const json::Value config = hf_config_for(cfg.model.spec, cfg.model.path.empty() ? nullptr : &source);
+  const fs::path tmp = dir / "config.json.tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << json::dump(config) << "\n";
+    f.close();
+    if (!f) throw Error(tmp.string() + ": cannot write");
+  }
+  std::error_code ec;
+  fs::rename(tmp, dir / "config.json", ec);
+  if (ec) throw Error((dir / "config.json").string() + ": cannot rename into place: " + ec.message());
+}
+
+// Rank 0's trainable parameters to every rank, through host memory.
+void broadcast_trainable(Model& model, comm::Communicator& comm) {
+  std::vector<float> host(model.n_trainable());
+  model.get_trainable(host);
+  comm.broadcast(std::span<float>(host), 0);
+  model.set_trainable(host);
 }
 
 // Creates run.output_dir and, on rank 0, checks that checkpoints can be written, so a bad
@@ -298,15 +348,16 @@ void prepare_output_dirs(const Config& cfg, bool lead) {
 
 // The start-up lines rank 0 prints: what trains, how much of the model, and what a step sends.
 void print_startup(std::ostream& out, const Config& cfg, const comm::Communicator& comm,
-                   const Gpt2Model& model, int threads, size_t train_tokens,
-                   const std::string& fingerprint) {
+                   const Model& model, int threads, size_t train_tokens) {
   const uint64_t grad_bytes = model.n_trainable() * sizeof(float);
-  const uint64_t full_bytes = full_grad_bytes(cfg.model.shape);
+  const uint64_t full_bytes = full_grad_bytes(cfg.model.spec);
   const size_t n_total = model.n_base_params() + model.n_lora_params();
   const long global_batch = cfg.global_batch(comm.size());
   char line[256];
   out << "lora: " << cfg.run.name << " | " << train_mode_name(cfg.train.mode) << " | world "
       << comm.size() << " x " << threads << " threads | comm " << comm.name() << "\n";
+  out << "lora: model " << describe_spec(cfg.model.spec)
+      << (cfg.model.path.empty() ? std::string() : " | from " + cfg.model.path) << "\n";
   std::snprintf(line, sizeof line, "lora: params trainable %s of %s (%.3f%%)",
                 human_count(double(model.n_trainable())).c_str(), human_count(double(n_total)).c_str(),
                 100.0 * double(model.n_trainable()) / double(n_total));
@@ -322,7 +373,7 @@ void print_startup(std::ostream& out, const Config& cfg, const comm::Communicato
   out << line << "\n";
   out << "lora: global batch " << global_batch << " sequences x " << cfg.data.seq_len << " = "
       << global_batch * cfg.data.seq_len << " tokens/step | " << train_tokens << " train tokens"
-      << " | base " << fingerprint << std::endl;
+      << " | base " << model.base_fingerprint() << std::endl;
 }
 
 // One logged step: the progress line and the metrics.jsonl object carry the same fields.
@@ -330,7 +381,7 @@ struct StepRecord {
   long step = 0, total_steps = 0;
   double loss = 0, tokens_per_s = 0, comm_bytes = 0, comm_ms = 0, eta_s = 0, elapsed_s = 0;
   float lr = 0, grad_norm = 0;
-  uint64_t tokens_seen = 0;
+  uint64_t tokens_seen = 0, tokens_trained = 0;
   bool has_val = false;
   double val_loss = 0;
 };
@@ -350,11 +401,12 @@ std::string metrics_json(const StepRecord& r) {
   char json[768];
   int j = std::snprintf(json, sizeof json,
                         "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6e, \"tokens_per_s\": %.1f, "
-                        "\"tokens_seen\": %llu, \"comm_bytes_per_step\": %.0f, "
+                        "\"tokens_seen\": %llu, \"tokens_trained\": %llu, \"comm_bytes_per_step\": %.0f, "
                         "\"comm_exposed_ms_per_step\": %.4f, \"grad_norm\": %.6f, "
                         "\"elapsed_s\": %.3f",
                         r.step, r.loss, r.lr, r.tokens_per_s,
-                        static_cast<unsigned long long>(r.tokens_seen), r.comm_bytes, r.comm_ms,
+                        static_cast<unsigned long long>(r.tokens_seen),
+                        static_cast<unsigned long long>(r.tokens_trained), r.comm_bytes, r.comm_ms,
                         r.grad_norm, r.elapsed_s);
   if (r.has_val) j += std::snprintf(json + j, sizeof json - j, ", \"val_loss\": %.6f", r.val_loss);
   std::snprintf(json + j, sizeof json - j, "}");
@@ -376,13 +428,17 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   const int threads = configure_threads(cfg.device.threads);
 
   // Data: every rank holds the whole stream; the global index decides which sequence it reads.
-  const TokenStream train_data(cfg.data.train, cfg.data.format, cfg.model.shape.vocab_size, T);
+  // Text with a tokenizer is tokenized once, by rank 0, into a cache every rank then reads.
+  const TokenStream train_data = load_token_stream(cfg, cfg.data.train, &comm);
   TokenStream val_data;
-  if (!cfg.data.val.empty())
-    val_data = TokenStream(cfg.data.val, cfg.data.format, cfg.model.shape.vocab_size, T);
+  if (!cfg.data.val.empty()) val_data = load_token_stream(cfg, cfg.data.val, &comm);
+  if (lead) {
+    for (const TokenStream* d : {&train_data, static_cast<const TokenStream*>(&val_data)})
+      for (const std::string& line : d->summary()) out << "lora: " << line << "\n";
+  }
 
   auto model = build_model(cfg);
-  const std::string fingerprint = base_fingerprint(model->base_params(), model->n_base_params());
+  const std::string fingerprint = model->base_fingerprint();
   // Every rank must train the same adapters on the same base: the base fingerprints are compared
   // and rank 0's trainable parameters are broadcast (the only time parameters travel).
   {
@@ -391,8 +447,8 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
     comm.broadcast(root_fp, 16, comm::DType::kUint8, 0);
     LORA_INPUT_CHECK(std::string(root_fp) == fingerprint, "rank ", rank, ": base weights (fingerprint ",
                      fingerprint, ") differ from rank 0's (", root_fp,
-                     "): model.weights must be the same file on every node");
-    comm.broadcast(std::span<float>(model->trainable_params(), model->n_trainable()), 0);
+                     "): the base weights must be the same files on every node");
+    broadcast_trainable(*model, comm);
   }
   summary.n_trainable = model->n_trainable();
   summary.n_total = model->n_base_params() + model->n_lora_params();
@@ -400,20 +456,23 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   ops::AdamWParams hp;
   hp.lr = cfg.train.lr;
   hp.weight_decay = cfg.train.weight_decay;
-  AdamW optimizer(model->n_trainable(), hp);
+  std::unique_ptr<TrainableOptimizer> optimizer = model->make_optimizer(hp);
 
   // ---- resume: rank 0 reads the checkpoint, every rank receives what it needs ----
   const std::string ckpt_dir = cfg.checkpoint_dir();
   std::string metrics_so_far;
   ResumeScalars rs;
   if (lead && opts.resume != ResumeMode::kNone)
-    rs = restore_checkpoint(cfg, opts, *model, optimizer, world, out, &metrics_so_far);
+    rs = restore_checkpoint(cfg, opts, *model, *optimizer, world, out, &metrics_so_far);
   comm.broadcast(&rs, 4, comm::DType::kInt64, 0);
   if (rs.has) {
-    comm.broadcast(std::span<float>(model->trainable_params(), model->n_trainable()), 0);
-    comm.broadcast(std::span<float>(optimizer.m()), 0);
-    comm.broadcast(std::span<float>(optimizer.v()), 0);
-    optimizer.set_step(rs.optimizer_step);
+    broadcast_trainable(*model, comm);
+    std::vector<float> m(model->n_trainable()), v(model->n_trainable());
+    optimizer->get_moments(m, v);
+    comm.broadcast(std::span<float>(m), 0);
+    comm.broadcast(std::span<float>(v), 0);
+    optimizer->set_moments(m, v);
+    optimizer->set_steps(rs.optimizer_step);
   }
   long step = rs.step;
   uint64_t tokens_seen = static_cast<uint64_t>(rs.tokens_seen);
@@ -433,7 +492,7 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
                   std::ios::app);
 
   const uint64_t grad_bytes = model->n_trainable() * sizeof(float);
-  if (lead) print_startup(out, cfg, comm, *model, threads, train_data.size(), fingerprint);
+  if (lead) print_startup(out, cfg, comm, *model, threads, train_data.size());
 
   const size_t bucket_elems = std::max<size_t>(
       1, static_cast<size_t>(cfg.comm.bucket_mb * 1024.0 * 1024.0 / sizeof(float)));
@@ -441,10 +500,14 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
                             bucket_elems, cfg.comm.overlap);
   const GradReadyFn ready = [&](size_t offset, size_t count) { reducer.mark_ready(offset, count); };
 
-  std::vector<int32_t> tokens(static_cast<size_t>(m) * T), targets(tokens.size());
-  std::vector<uint64_t> seq_ids(m);
+  // The micro-batches of one step: accum x [m, T].
+  std::vector<int32_t> tokens(static_cast<size_t>(accum) * m * T), targets(tokens.size());
+  std::vector<uint64_t> seq_ids(static_cast<size_t>(accum) * m);
   const uint64_t dropout_seed = hash_u64(cfg.run.seed, kDropoutStream);
-  const float loss_scale = 1.0f / static_cast<float>(accum * world);
+  // Whether a target can be masked (instruction data); text and token streams never mask.
+  const bool masked_data =
+      cfg.data.format != DataFormat::kText && cfg.data.format != DataFormat::kTokens;
+  uint64_t tokens_trained = 0;  // unmasked targets trained on since this process started
   float lr = lr_at(step, cfg.train);
 
   // Rank 0 writes the checkpoint of the state after `steps_done` steps; every rank waits for it.
@@ -456,19 +519,20 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
       c.tokens_seen = tokens_seen;
       c.world_size = world;
       c.base_fingerprint = fingerprint;
-      c.arch = cfg.model.arch;
-      c.shape = cfg.model.shape;
+      c.spec = cfg.model.spec;
       c.mode = cfg.train.mode;
       c.lora = cfg.lora;
       c.config_yaml = cfg.resolved_yaml;
-      c.optimizer_step = optimizer.step();
+      c.optimizer_step = optimizer->steps();
       c.beta1 = hp.beta1;
       c.beta2 = hp.beta2;
       c.eps = hp.eps;
       c.weight_decay = hp.weight_decay;
-      c.params.assign(model->trainable_params(), model->trainable_params() + model->n_trainable());
-      c.adam_m = optimizer.m();
-      c.adam_v = optimizer.v();
+      c.params.resize(model->n_trainable());
+      model->get_trainable(c.params);
+      c.adam_m.resize(model->n_trainable());
+      c.adam_v.resize(model->n_trainable());
+      optimizer->get_moments(c.adam_m, c.adam_v);
       c.data_seed = cfg.run.seed;
       c.data_cursor = steps_done;
       c.dropout_seed = dropout_seed;
@@ -511,27 +575,46 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
     const uint64_t bytes_before = comm.stats().all_reduce_bytes;
     lr = lr_at(step, cfg.train);
     model->zero_grads();
-    double loss_sum = 0.0;
+    // The step's loss is the sum over the unmasked targets of the whole global batch (every rank,
+    // every micro-step) divided by their number, so N ranks equal 1 rank and accumulation changes
+    // nothing: draw every micro-batch first and count them.
+    double local_targets = 0.0;
     for (int k = 0; k < accum; ++k) {
-      fill_batch(train_data, cfg.run.seed, step, rank, world, k, m, T, tokens, targets, seq_ids);
+      const size_t at = static_cast<size_t>(k) * m * T;
+      fill_batch(train_data, cfg.run.seed, step, rank, world, k, m, T, tokens.data() + at,
+                 targets.data() + at, seq_ids.data() + static_cast<size_t>(k) * m);
+    }
+    for (size_t i = 0; i < targets.size(); ++i) local_targets += targets[i] >= 0 ? 1.0 : 0.0;
+    double global_targets = local_targets * world;  // every rank the same when nothing is masked
+    if (masked_data && world > 1) {
+      global_targets = local_targets;
+      comm.all_reduce(std::span<double>(&global_targets, 1), comm::ReduceOp::kSum);
+    }
+    double loss_sum = 0.0;  // this rank's sum of losses over its unmasked targets
+    for (int k = 0; k < accum; ++k) {
+      const size_t at = static_cast<size_t>(k) * m * T;
       ForwardOptions fo;
       fo.training = true;
       fo.dropout_seed = dropout_seed;
       fo.step = static_cast<uint64_t>(step);
-      fo.seq_ids = seq_ids.data();
-      loss_sum += model->forward(tokens.data(), targets.data(), m, T, fo);
+      fo.seq_ids = seq_ids.data() + static_cast<size_t>(k) * m;
+      const float mean = model->forward(tokens.data() + at, targets.data() + at, m, T, fo);
+      const double n_k = static_cast<double>(model->n_targets());
+      loss_sum += static_cast<double>(mean) * n_k;
       const bool last = k == accum - 1;
       if (last) reducer.begin_step();
+      // d(sum_k / N) = (n_k / N) d(mean_k)
+      const float loss_scale =
+          global_targets > 0 ? static_cast<float>(n_k) / static_cast<float>(global_targets) : 0.0f;
       model->backward(loss_scale, last ? ready : nullptr);
     }
     reducer.finish();
     const uint64_t step_grad_bytes = comm.stats().all_reduce_bytes - bytes_before;
-    // Loss of the step, averaged over ranks (bookkeeping, not part of the gradient traffic).
-    double loss = loss_sum / accum;
-    if (world > 1) comm.all_reduce(std::span<double>(&loss, 1), comm::ReduceOp::kAverage);
-    const float grad_norm = clip_grad_norm(model->trainable_grads(), model->n_trainable(),
-                                           cfg.train.grad_clip);
-    optimizer.update(model->trainable_params(), model->trainable_grads(), lr);
+    // Loss of the step over the global batch (bookkeeping, not part of the gradient traffic).
+    if (world > 1) comm.all_reduce(std::span<double>(&loss_sum, 1), comm::ReduceOp::kSum);
+    const double loss = global_targets > 0 ? loss_sum / global_targets : 0.0;
+    tokens_trained += static_cast<uint64_t>(global_targets);
+    optimizer->step(lr, cfg.train.grad_clip);
     tokens_seen += tokens_per_step;
     last_loss = loss;
     ++window_steps;
@@ -554,7 +637,9 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
         summary.best_val_step = done;
       }
     }
-    if (done % cfg.train.log_every == 0 || is_last || do_eval) {
+    const bool do_log = done % cfg.train.log_every == 0 || is_last || do_eval;
+    const float grad_norm = do_log ? optimizer->last_grad_norm() : 0.0f;
+    if (do_log) {
       const double dt = seconds_since(t_window);
       const double tok_s = dt > 0 ? double(window_steps * tokens_per_step) / dt : 0.0;
       const double comm_ms = 1000.0 * window_comm_wait / window_steps;
@@ -569,6 +654,7 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
         r.lr = lr;
         r.tokens_per_s = tok_s;
         r.tokens_seen = tokens_seen;
+        r.tokens_trained = tokens_trained;
         r.comm_bytes = bytes_step;
         r.comm_ms = comm_ms;
         r.grad_norm = grad_norm;
@@ -592,18 +678,21 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
     }
   }
   summary.steps_done = step;
+  summary.tokens_trained = tokens_trained;
   summary.final_train_loss = last_loss;
   summary.grad_bytes_per_step = grad_bytes;
-  if (rank_log.is_open())
-    rank_log << "trainable parameters fingerprint "
-             << base_fingerprint(model->trainable_params(), model->n_trainable()) << " after step "
-             << step << std::endl;
+  if (rank_log.is_open()) {
+    std::vector<float> trained(model->n_trainable());
+    model->get_trainable(trained);
+    rank_log << "trainable parameters fingerprint " << base_fingerprint(trained.data(), trained.size())
+             << " after step " << step << std::endl;
+  }
   // Final (or signal-triggered) checkpoint of the state after `step` steps.
   if (last_checkpoint_step != step) save_checkpoint(step);
   if (lead && cfg.train.mode == TrainMode::kFull && summary.stop_signal == 0) {
-    const std::string path = (fs::path(cfg.run.output_dir) / "model.safetensors").string();
-    save_gpt2_weights(path, model->base_layout(), model->base_params());
-    out << "lora: saved full weights to " << path << std::endl;
+    save_full_model(cfg, *model);
+    out << "lora: saved the trained model to " << cfg.run.output_dir
+        << " (config.json + model.safetensors, a Hugging Face model directory)" << std::endl;
   }
   return summary;
 }

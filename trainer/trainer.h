@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
-#include "core/model/gpt2.h"
+#include "core/model/model.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/data.h"
@@ -36,6 +36,7 @@ struct TrainOptions {
 struct TrainSummary {
   long start_step = 0;
   long steps_done = 0;  // optimizer steps completed in total (including before a resume)
+  uint64_t tokens_trained = 0;  // unmasked targets trained on in this run (since a resume)
   double final_train_loss = std::numeric_limits<double>::quiet_NaN();
   double final_val_loss = std::numeric_limits<double>::quiet_NaN();
   double best_val_loss = std::numeric_limits<double>::quiet_NaN();
@@ -51,28 +52,28 @@ struct TrainSummary {
 // Sets OpenMP and OpenBLAS threads from device.threads (0: all cores). Returns the count used.
 int configure_threads(int threads);
 
-// Builds the model of a config: base from model.weights or random from run.seed; in lora mode the
-// adapters initialised from the seed per lora.init.
-std::unique_ptr<Gpt2Model> build_model(const Config& cfg);
+// Builds the model of a config: base from model.path (a Hugging Face model directory),
+// model.weights (one safetensors file) or random from run.seed; in lora mode the adapters
+// initialised from the seed per lora.init.
+std::unique_ptr<Model> build_model(const Config& cfg);
 
 // Bytes one data-parallel step all-reduces (fp32 gradients of every trainable parameter).
-uint64_t lora_grad_bytes(const ModelShape& shape, const LoraSpec& spec);
-uint64_t full_grad_bytes(const ModelShape& shape);
+uint64_t lora_grad_bytes(const ModelSpec& spec, const LoraSpec& lora);
+uint64_t full_grad_bytes(const ModelSpec& spec);
 
-// Mean validation loss over eval_batches * micro_batch fixed sequences of `val`, spread over the
-// ranks of comm (the same sequences whatever the world size).
-double evaluate(Gpt2Model& model, const TokenStream& val, const Config& cfg,
-                comm::Communicator& comm);
+// Mean validation loss over the unmasked targets of eval_batches * micro_batch fixed sequences of
+// `val`, spread over the ranks of comm (the same sequences whatever the world size).
+double evaluate(Model& model, const TokenStream& val, const Config& cfg, comm::Communicator& comm);
 
 TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptions& opts);
 
-// Checks that a checkpoint fits the model built from cfg: same arch, shape, mode, base weights
+// Checks that a checkpoint fits the model built from cfg: same arch and spec, mode, base weights
 // (fingerprint) and, in lora mode, the same rank, alpha, rsLoRA and targets. Throws
 // lora::InputError naming the checkpoint and the mismatch.
-void check_checkpoint_fits(const CheckpointState& ckpt, const std::string& path,
-                           const Gpt2Model& model, const Config& cfg);
+void check_checkpoint_fits(const CheckpointState& ckpt, const std::string& path, const Model& model,
+                           const Config& cfg);
 // check_checkpoint_fits, then copies the checkpoint's trainable parameters into the model.
-void load_checkpoint_weights(Gpt2Model& model, const Config& cfg, const std::string& path);
+void load_checkpoint_weights(Model& model, const Config& cfg, const std::string& path);
 
 // Config keys whose values differ between a checkpoint's config and cfg, as "key: old -> new".
 // Keys that must not change on resume (model shape, LoRA structure, mode, seed, data format and

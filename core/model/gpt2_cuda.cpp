@@ -117,9 +117,12 @@ struct Gpt2CudaModel::Activations : ActivationBuffers<Buf> {
   }
 };
 
-Gpt2CudaModel::Gpt2CudaModel(const ModelShape& shape, TrainMode mode,
+Gpt2CudaModel::Gpt2CudaModel(const ModelSpec& shape, TrainMode mode,
                              const std::optional<LoraSpec>& lora, cudaStream_t compute)
     : layout_(shape), mode_(mode), stream_(compute) {
+  LORA_CHECK(shape.is_gpt2() && shape.ff() == 4 * shape.d_model,
+             "the GPU model implements GPT-2 specs with d_ff = 4 * d_model only, got ",
+             describe_spec(shape));
   if (mode == TrainMode::kLora) {
     LORA_CHECK(lora.has_value(), "lora mode needs a LoraSpec");
     lora_layout_ = std::make_unique<LoraLayout>(shape, *lora);
@@ -234,7 +237,7 @@ void Gpt2CudaModel::ensure_activations(int B, int T) {
   const size_t BT = static_cast<size_t>(B) * T;
   a.n_batch = B;
   a.n_seq = T;
-  make_activation_buffers(a, shape(), lora_layout_.get(), B, T,
+  make_activation_buffers(a, spec(), lora_layout_.get(), B, T,
                           [&a](Buf& buf, size_t n_elems) { buf = a.alloc<float>(n_elems); });
   a.tokens = a.alloc<int32_t>(BT);
   a.targets = a.alloc<int32_t>(BT);
@@ -248,7 +251,7 @@ void Gpt2CudaModel::ensure_activations(int B, int T) {
 
 float Gpt2CudaModel::forward(const int32_t* tokens, const int32_t* targets, int B, int T,
                              const ForwardOptions& opts) {
-  const ModelShape& s = shape();
+  const ModelSpec& s = spec();
   LORA_CHECK(tokens != nullptr, "tokens is null");
   LORA_CHECK(B > 0 && T > 0, "batch ", B, " x seq ", T, " must be positive");
   LORA_CHECK(T <= s.max_seq_len, "sequence length ", T, " exceeds max_seq_len ", s.max_seq_len);
@@ -289,7 +292,7 @@ float Gpt2CudaModel::forward(const int32_t* tokens, const int32_t* targets, int 
                                   cudaMemcpyHostToDevice, stream_));
   LORA_CUDA_CHECK(cudaEventRecord(a.uploaded.get(), stream_));
 
-  const Gpt2Params p = layout_.bind(base_.data());
+  const BaseParams p = layout_.bind(base_.data());
   const LoraSpec* spec = lora_layout_ ? &lora_layout_->spec() : nullptr;
   const bool dropout = opts.training && spec && spec->dropout > 0.0f;
   const float scaling = spec ? spec->scaling() : 0.0f;
@@ -303,12 +306,12 @@ float Gpt2CudaModel::forward(const int32_t* tokens, const int32_t* targets, int 
     const float* x_in = x;
     if (dropout) {
       ops::dropout_forward_cuda(la.x_drop.data(), x, a.row_ids.data(), spec->dropout,
-                                a.dropout_seed, layer * kNumLoraTargets + static_cast<int>(target),
-                                BT, d_in, stream_);
+                                a.dropout_seed, m->dropout_stream(), BT, d_in, stream_);
       x_in = la.x_drop.data();
     }
     ops::lora_forward_cuda(y, la.h.data(), x_in, lora_.data() + m->a_offset,
-                           lora_.data() + m->b_offset, scaling, BT, d_in, m->rank, d_out, stream_);
+                           lora_.data() + m->b_offset, scaling, BT, d_in, m->rank, d_out, d_out,
+                           stream_);
   };
 
   ops::embedding_forward_cuda(a.encoded.data(), a.tokens.data(), p.wte, p.wpe, B, T, C, V, stream_);
@@ -317,28 +320,28 @@ float Gpt2CudaModel::forward(const int32_t* tokens, const int32_t* targets, int 
   for (int l = 0; l < s.n_layer; ++l) {
     BlockActs& b = a.blocks[l];
     const LayerParams& w = p.layers[l];
-    ops::layernorm_forward_cuda(b.ln1_out.data(), b.ln1_mean.data(), b.ln1_rstd.data(), x, w.ln1_w,
-                                w.ln1_b, BT, C, stream_);
+    ops::layernorm_forward_cuda(b.ln1_out.data(), b.ln1_mean.data(), b.ln1_rstd.data(), x, w.norm1_w,
+                                w.norm1_b, BT, C, stream_);
     linear(b.qkv.data(), b.ln1_out.data(), w.qkv_w, w.qkv_b, C, 3 * C, l, LoraTarget::kAttnQkv,
            b.lora[0]);
-    ops::attention_forward_cuda(b.att_out.data(), b.att_probs.data(), b.qkv.data(), B, T, C, NH,
-                                stream_);
-    linear(a.scratch.data(), b.att_out.data(), w.proj_w, w.proj_b, C, C, l, LoraTarget::kAttnProj,
+    ops::attention_forward_cuda(b.att_out.data(), b.att_probs.data(), b.qkv.data(), B, T, NH, NH,
+                                C / NH, stream_);
+    linear(a.scratch.data(), b.att_out.data(), w.o_w, w.o_b, C, C, l, LoraTarget::kAttnProj,
            b.lora[1]);
     ops::residual_forward_cuda(b.res1.data(), x, a.scratch.data(), n_res, stream_);
     ops::layernorm_forward_cuda(b.ln2_out.data(), b.ln2_mean.data(), b.ln2_rstd.data(),
-                                b.res1.data(), w.ln2_w, w.ln2_b, BT, C, stream_);
-    linear(b.fc_out.data(), b.ln2_out.data(), w.fc_w, w.fc_b, C, 4 * C, l, LoraTarget::kMlpFc,
+                                b.res1.data(), w.norm2_w, w.norm2_b, BT, C, stream_);
+    linear(b.fc_out.data(), b.ln2_out.data(), w.up_w, w.up_b, C, 4 * C, l, LoraTarget::kMlpFc,
            b.lora[2]);
-    ops::gelu_forward_cuda(b.gelu_out.data(), b.fc_out.data(), static_cast<size_t>(BT) * 4 * C,
+    ops::gelu_forward_cuda(b.act_out.data(), b.fc_out.data(), static_cast<size_t>(BT) * 4 * C,
                            stream_);
-    linear(a.scratch.data(), b.gelu_out.data(), w.fcproj_w, w.fcproj_b, 4 * C, C, l,
+    linear(a.scratch.data(), b.act_out.data(), w.down_w, w.down_b, 4 * C, C, l,
            LoraTarget::kMlpProj, b.lora[3]);
     ops::residual_forward_cuda(b.res2.data(), b.res1.data(), a.scratch.data(), n_res, stream_);
     x = b.res2.data();
   }
-  ops::layernorm_forward_cuda(a.lnf_out.data(), a.lnf_mean.data(), a.lnf_rstd.data(), x, p.lnf_w,
-                              p.lnf_b, BT, C, stream_);
+  ops::layernorm_forward_cuda(a.lnf_out.data(), a.lnf_mean.data(), a.lnf_rstd.data(), x, p.normf_w,
+                              p.normf_b, BT, C, stream_);
   ops::lm_head_forward_cuda(a.logits.data(), a.lnf_out.data(), p.wte, BT, C, V, stream_);
   if (!targets) return 0.0f;
   ops::cross_entropy_forward_cuda(a.losses.data(), a.logits.data(), a.targets.data(), BT, V,
@@ -356,12 +359,12 @@ float Gpt2CudaModel::forward(const int32_t* tokens, const int32_t* targets, int 
 void Gpt2CudaModel::backward(float loss_scale, const CudaGradReadyFn& ready) {
   LORA_CHECK(acts_ && acts_->has_targets, "backward needs a forward with targets first");
   auto& a = *acts_;
-  const ModelShape& s = shape();
+  const ModelSpec& s = spec();
   const int B = a.n_batch, T = a.n_seq, BT = B * T, C = s.d_model, V = s.vocab_size,
             NH = s.n_head;
   const bool full = mode_ == TrainMode::kFull;
-  const Gpt2Params p = layout_.bind(base_.data());
-  Gpt2Params g{};
+  const BaseParams p = layout_.bind(base_.data());
+  BaseParams g{};
   if (full) g = layout_.bind(base_grads_.data());
   const LoraSpec* spec = lora_layout_ ? &lora_layout_->spec() : nullptr;
   const bool dropout = a.opts.training && spec && spec->dropout > 0.0f;
@@ -391,19 +394,19 @@ void Gpt2CudaModel::backward(float loss_scale, const CudaGradReadyFn& ready) {
     const float* b_w = lora_.data() + m->b_offset;
     float* da = lora_grads_.data() + m->a_offset;
     float* db = lora_grads_.data() + m->b_offset;
-    const uint64_t module_stream = layer * kNumLoraTargets + static_cast<int>(target);
+    const uint64_t module_stream = m->dropout_stream();
     if (dropout) {
       float* dxd = dx ? a.d_xdrop.data() : nullptr;
       if (dxd) zero(dxd, static_cast<size_t>(BT) * d_in);
       ops::lora_backward_cuda(dxd, da, db, a.d_h.data(), dy, la.x_drop.data(), la.h.data(), a_w,
-                              b_w, scaling, BT, d_in, m->rank, d_out, stream_);
+                              b_w, scaling, BT, d_in, m->rank, d_out, d_out, stream_);
       if (dx) {
         ops::dropout_backward_cuda(dx, dxd, a.row_ids.data(), spec->dropout, a.dropout_seed,
                                    module_stream, BT, d_in, stream_);
       }
     } else {
       ops::lora_backward_cuda(dx, da, db, a.d_h.data(), dy, x, la.h.data(), a_w, b_w, scaling, BT,
-                              d_in, m->rank, d_out, stream_);
+                              d_in, m->rank, d_out, d_out, stream_);
     }
   };
 
@@ -415,8 +418,8 @@ void Gpt2CudaModel::backward(float loss_scale, const CudaGradReadyFn& ready) {
                              a.lnf_out.data(), p.wte, BT, C, V, stream_);
   zero_buf(a.d_res);
   const float* x_last = a.blocks[s.n_layer - 1].res2.data();
-  ops::layernorm_backward_cuda(a.d_res.data(), full ? g.lnf_w : nullptr, full ? g.lnf_b : nullptr,
-                               a.d_ln.data(), x_last, p.lnf_w, a.lnf_mean.data(),
+  ops::layernorm_backward_cuda(a.d_res.data(), full ? g.normf_w : nullptr, full ? g.normf_b : nullptr,
+                               a.d_ln.data(), x_last, p.normf_w, a.lnf_mean.data(),
                                a.lnf_rstd.data(), BT, C, stream_);
   if (full) notify(layout_.final_begin(), layout_.n_params());
 
@@ -430,31 +433,31 @@ void Gpt2CudaModel::backward(float loss_scale, const CudaGradReadyFn& ready) {
     const bool need_dx = full || l > 0;
 
     // MLP branch: d_res holds dL/dx2 = dL/dq (residual) and flows on to x1 unchanged.
-    zero_buf(a.d_gelu);
-    linear_backward(a.d_gelu.data(), gw.fcproj_w, gw.fcproj_b, a.d_res.data(), b.gelu_out.data(),
-                    w.fcproj_w, 4 * C, C, l, LoraTarget::kMlpProj, b.lora[3]);
+    zero_buf(a.d_act);
+    linear_backward(a.d_act.data(), gw.down_w, gw.down_b, a.d_res.data(), b.act_out.data(),
+                    w.down_w, 4 * C, C, l, LoraTarget::kMlpProj, b.lora[3]);
     zero_buf(a.d_fc);
-    ops::gelu_backward_cuda(a.d_fc.data(), a.d_gelu.data(), b.fc_out.data(),
+    ops::gelu_backward_cuda(a.d_fc.data(), a.d_act.data(), b.fc_out.data(),
                             static_cast<size_t>(BT) * 4 * C, stream_);
     zero_buf(a.d_ln);
-    linear_backward(a.d_ln.data(), gw.fc_w, gw.fc_b, a.d_fc.data(), b.ln2_out.data(), w.fc_w, C,
+    linear_backward(a.d_ln.data(), gw.up_w, gw.up_b, a.d_fc.data(), b.ln2_out.data(), w.up_w, C,
                     4 * C, l, LoraTarget::kMlpFc, b.lora[2]);
-    ops::layernorm_backward_cuda(a.d_res.data(), gw.ln2_w, gw.ln2_b, a.d_ln.data(), b.res1.data(),
-                                 w.ln2_w, b.ln2_mean.data(), b.ln2_rstd.data(), BT, C, stream_);
+    ops::layernorm_backward_cuda(a.d_res.data(), gw.norm2_w, gw.norm2_b, a.d_ln.data(), b.res1.data(),
+                                 w.norm2_w, b.ln2_mean.data(), b.ln2_rstd.data(), BT, C, stream_);
 
     // Attention branch: d_res now holds dL/dx1.
     zero_buf(a.d_att);
-    linear_backward(a.d_att.data(), gw.proj_w, gw.proj_b, a.d_res.data(), b.att_out.data(),
-                    w.proj_w, C, C, l, LoraTarget::kAttnProj, b.lora[1]);
+    linear_backward(a.d_att.data(), gw.o_w, gw.o_b, a.d_res.data(), b.att_out.data(),
+                    w.o_w, C, C, l, LoraTarget::kAttnProj, b.lora[1]);
     zero_buf(a.d_qkv);
     ops::attention_backward_cuda(a.d_qkv.data(), a.d_att.data(), b.qkv.data(), b.att_probs.data(),
-                                 B, T, C, NH, stream_);
+                                 B, T, NH, NH, C / NH, stream_);
     if (need_dx) zero_buf(a.d_ln);
     linear_backward(need_dx ? a.d_ln.data() : nullptr, gw.qkv_w, gw.qkv_b, a.d_qkv.data(),
                     b.ln1_out.data(), w.qkv_w, C, 3 * C, l, LoraTarget::kAttnQkv, b.lora[0]);
     if (need_dx) {
-      ops::layernorm_backward_cuda(a.d_res.data(), gw.ln1_w, gw.ln1_b, a.d_ln.data(), x_in,
-                                   w.ln1_w, b.ln1_mean.data(), b.ln1_rstd.data(), BT, C, stream_);
+      ops::layernorm_backward_cuda(a.d_res.data(), gw.norm1_w, gw.norm1_b, a.d_ln.data(), x_in,
+                                   w.norm1_w, b.ln1_mean.data(), b.ln1_rstd.data(), BT, C, stream_);
     }
     // Block l's trainable gradients are final once the kernels above have run.
     if (full) {

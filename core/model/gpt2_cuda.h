@@ -1,4 +1,4 @@
-// GPT-2 with LoRA adapters on one GPU: the CPU model (core/model/gpt2.h) composed from the CUDA
+// GPT-2 with LoRA adapters on one GPU: the CPU model (core/model/transformer.h) composed from the CUDA
 // ops instead of the CPU ones. Same math, same parameter and adapter layouts, same activation
 // shapes, same dropout masks (row ids (seq id << 20) | t and the same seed derivation), same
 // per-block gradient hand-off order; fp32 throughout.
@@ -9,7 +9,9 @@
 // download_*) are explicit copies.
 //
 // In lora mode the base is frozen and no base gradient memory exists; in full mode every base
-// parameter has a gradient and no adapters exist (as Gpt2Model).
+// parameter has a gradient and no adapters exist (as the CPU model). Only GPT-2 specs (LayerNorm,
+// learned positions, GELU, no grouped-query attention) are implemented on the GPU so far: the
+// constructor refuses any other.
 //
 // Gradient hand-off: backward(scale, ready) calls ready(offset, count, event) for each range of the
 // trainable-gradient buffer once the kernels that write it have been enqueued, last block first.
@@ -29,10 +31,10 @@
 #include <vector>
 
 #include "core/cuda_runtime.h"
-#include "core/model/gpt2.h"
-#include "core/model/gpt2_layout.h"
+#include "core/model/base_layout.h"
 #include "core/model/lora_layout.h"
-#include "core/model/shape.h"
+#include "core/model/model.h"
+#include "core/model/spec.h"
 
 namespace lora {
 
@@ -43,15 +45,15 @@ class Gpt2CudaModel {
   // lora must be set in lora mode and empty in full mode. Allocates parameters (zero) and
   // gradients on the current device; `compute` is the stream everything runs on (it must outlive
   // the model). Upload the base with upload_base() and the adapters with upload_lora().
-  Gpt2CudaModel(const ModelShape& shape, TrainMode mode, const std::optional<LoraSpec>& lora,
+  Gpt2CudaModel(const ModelSpec& spec, TrainMode mode, const std::optional<LoraSpec>& lora,
                 cudaStream_t compute);
   ~Gpt2CudaModel();
   Gpt2CudaModel(const Gpt2CudaModel&) = delete;
   Gpt2CudaModel& operator=(const Gpt2CudaModel&) = delete;
 
-  const ModelShape& shape() const { return layout_.shape(); }
+  const ModelSpec& spec() const { return layout_.spec(); }
   TrainMode mode() const { return mode_; }
-  const Gpt2Layout& base_layout() const { return layout_; }
+  const BaseLayout& base_layout() const { return layout_; }
   const LoraLayout* lora_layout() const { return lora_layout_.get(); }
   cudaStream_t stream() const { return stream_; }
 
@@ -86,7 +88,7 @@ class Gpt2CudaModel {
   void backward(float loss_scale = 1.0f, const CudaGradReadyFn& ready = nullptr);
 
   // [n_batch, n_seq, vocab] logits of the last forward into host memory (waits for the stream).
-  // As in Gpt2Model, backward overwrites the logits with their gradient.
+  // As in the CPU model, backward overwrites the logits with their gradient.
   void logits_to_host(float* host) const;
 
   // Device bytes allocated by the model: parameters + gradients + activations (including the
@@ -99,7 +101,7 @@ class Gpt2CudaModel {
   void copy_to_device(float* device, const float* host, size_t n) const;
   void copy_to_host(float* host, const float* device, size_t n) const;
 
-  Gpt2Layout layout_;
+  BaseLayout layout_;
   TrainMode mode_;
   std::unique_ptr<LoraLayout> lora_layout_;
   cudaStream_t stream_;

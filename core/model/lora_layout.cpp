@@ -2,40 +2,93 @@
 
 #include <algorithm>
 #include <cmath>
-#include <tuple>
 
 #include "core/error.h"
 #include "core/rng.h"
 
 namespace lora {
 
-std::string_view lora_target_name(LoraTarget t) {
-  switch (t) {
-    case LoraTarget::kAttnQkv: return "attn.qkv";
-    case LoraTarget::kAttnProj: return "attn.proj";
-    case LoraTarget::kMlpFc: return "mlp.fc";
-    case LoraTarget::kMlpProj: return "mlp.proj";
-  }
-  return "?";
+namespace {
+
+struct TargetNames {
+  LoraTarget target;
+  std::string_view name;     // what configs and checkpoints use
+  std::string_view hf_name;  // module path below the block
+  std::vector<std::string_view> aliases;
+};
+
+const std::vector<TargetNames>& gpt2_names() {
+  static const std::vector<TargetNames> names = {
+      {LoraTarget::kAttnQkv, "attn.qkv", "attn.c_attn", {"c_attn", "attn.c_attn", "qkv"}},
+      {LoraTarget::kAttnProj, "attn.proj", "attn.c_proj", {"attn.c_proj", "c_proj", "o_proj"}},
+      {LoraTarget::kMlpFc, "mlp.fc", "mlp.c_fc", {"c_fc", "mlp.c_fc", "fc"}},
+      {LoraTarget::kMlpProj, "mlp.proj", "mlp.c_proj", {"mlp.c_proj"}},
+  };
+  return names;
 }
 
-std::string_view lora_target_hf_name(LoraTarget t) {
-  switch (t) {
-    case LoraTarget::kAttnQkv: return "attn.c_attn";
-    case LoraTarget::kAttnProj: return "attn.c_proj";
-    case LoraTarget::kMlpFc: return "mlp.c_fc";
-    case LoraTarget::kMlpProj: return "mlp.c_proj";
-  }
-  return "?";
+const std::vector<TargetNames>& llama_names() {
+  static const std::vector<TargetNames> names = {
+      {LoraTarget::kQ, "q_proj", "self_attn.q_proj", {"self_attn.q_proj"}},
+      {LoraTarget::kK, "k_proj", "self_attn.k_proj", {"self_attn.k_proj"}},
+      {LoraTarget::kV, "v_proj", "self_attn.v_proj", {"self_attn.v_proj"}},
+      {LoraTarget::kAttnProj, "o_proj", "self_attn.o_proj", {"self_attn.o_proj"}},
+      {LoraTarget::kGate, "gate_proj", "mlp.gate_proj", {"mlp.gate_proj"}},
+      {LoraTarget::kUp, "up_proj", "mlp.up_proj", {"mlp.up_proj"}},
+      {LoraTarget::kMlpProj, "down_proj", "mlp.down_proj", {"mlp.down_proj"}},
+  };
+  return names;
 }
 
-std::optional<LoraTarget> parse_lora_target(std::string_view n) {
-  if (n == "attn.qkv" || n == "c_attn" || n == "attn.c_attn" || n == "qkv") return LoraTarget::kAttnQkv;
-  if (n == "attn.proj" || n == "attn.c_proj" || n == "c_proj" || n == "o_proj")
-    return LoraTarget::kAttnProj;
-  if (n == "mlp.fc" || n == "c_fc" || n == "mlp.c_fc" || n == "fc") return LoraTarget::kMlpFc;
-  if (n == "mlp.proj" || n == "mlp.c_proj") return LoraTarget::kMlpProj;
+const std::vector<TargetNames>& names_of(const ModelSpec& spec) {
+  return spec.is_gpt2() ? gpt2_names() : llama_names();
+}
+
+const TargetNames* entry(LoraTarget t, const ModelSpec& spec) {
+  for (const TargetNames& n : names_of(spec))
+    if (n.target == t) return &n;
+  return nullptr;
+}
+
+}  // namespace
+
+const std::vector<LoraTarget>& family_targets(const ModelSpec& spec) {
+  static const std::vector<LoraTarget> gpt2 = {LoraTarget::kAttnQkv, LoraTarget::kAttnProj,
+                                               LoraTarget::kMlpFc, LoraTarget::kMlpProj};
+  static const std::vector<LoraTarget> llama = {LoraTarget::kQ,        LoraTarget::kK,
+                                                LoraTarget::kV,        LoraTarget::kAttnProj,
+                                                LoraTarget::kGate,     LoraTarget::kUp,
+                                                LoraTarget::kMlpProj};
+  return spec.is_gpt2() ? gpt2 : llama;
+}
+
+std::string_view lora_target_name(LoraTarget t, const ModelSpec& spec) {
+  const TargetNames* n = entry(t, spec);
+  return n ? n->name : "?";
+}
+
+std::string_view lora_target_hf_name(LoraTarget t, const ModelSpec& spec) {
+  const TargetNames* n = entry(t, spec);
+  return n ? n->hf_name : "?";
+}
+
+std::optional<LoraTarget> parse_lora_target(std::string_view name, const ModelSpec& spec) {
+  for (const TargetNames& n : names_of(spec)) {
+    if (name == n.name) return n.target;
+    for (std::string_view a : n.aliases)
+      if (name == a) return n.target;
+  }
   return std::nullopt;
+}
+
+std::string lora_target_names_help(const ModelSpec& spec) {
+  std::string out;
+  for (const TargetNames& n : names_of(spec)) {
+    out += (out.empty() ? "" : ", ") + std::string(n.name);
+    for (std::string_view a : n.aliases)
+      if (a != n.name) out += "|" + std::string(a);
+  }
+  return out + ", or all-linear";
 }
 
 std::string_view lora_init_a_name(LoraInitA a) {
@@ -59,53 +112,75 @@ bool LoraSpec::has_target(LoraTarget t) const {
   return std::find(targets.begin(), targets.end(), t) != targets.end();
 }
 
-std::string LoraModule::name() const {
-  return "h." + std::to_string(layer) + "." + std::string(lora_target_hf_name(target));
+int LoraModule::dropout_stream() const {
+  const int t = static_cast<int>(target);
+  if (t < 4) return layer * 4 + t;  // the GPT-2 targets, numbered as they always were
+  return (1 << 24) + layer * kNumLoraTargets + t;
 }
 
-std::pair<int, int> lora_target_dims(LoraTarget t, int d_model) {
+TargetGeometry lora_target_geometry(LoraTarget t, const ModelSpec& s) {
+  LORA_INPUT_CHECK(entry(t, s) != nullptr, "lora.targets: ", s.arch, " models have no target ",
+                   static_cast<int>(t), " (expected one of: ", lora_target_names_help(s), ")");
+  const int C = s.d_model, F = s.ff(), Q = s.q_dim(), KV = s.kv_dim(), QKV = s.qkv_dim();
   switch (t) {
-    case LoraTarget::kAttnQkv: return {d_model, 3 * d_model};
-    case LoraTarget::kAttnProj: return {d_model, d_model};
-    case LoraTarget::kMlpFc: return {d_model, 4 * d_model};
-    case LoraTarget::kMlpProj: return {4 * d_model, d_model};
+    case LoraTarget::kAttnQkv: return {BlockLinear::kAttnIn, C, QKV, 0, QKV};
+    case LoraTarget::kQ: return {BlockLinear::kAttnIn, C, Q, 0, QKV};
+    case LoraTarget::kK: return {BlockLinear::kAttnIn, C, KV, Q, QKV};
+    case LoraTarget::kV: return {BlockLinear::kAttnIn, C, KV, Q + KV, QKV};
+    case LoraTarget::kAttnProj: return {BlockLinear::kAttnOut, Q, C, 0, C};
+    case LoraTarget::kMlpFc: return {BlockLinear::kMlpIn, C, F, 0, F};
+    case LoraTarget::kGate: return {BlockLinear::kMlpIn, C, F, 0, 2 * F};
+    case LoraTarget::kUp: return {BlockLinear::kMlpIn, C, F, F, 2 * F};
+    case LoraTarget::kMlpProj: return {BlockLinear::kMlpOut, F, C, 0, C};
   }
-  return {0, 0};
+  return {BlockLinear::kAttnIn, 0, 0, 0, 0};
 }
 
-LoraLayout::LoraLayout(const ModelShape& shape, const LoraSpec& spec) : spec_(spec) {
+LoraLayout::LoraLayout(const ModelSpec& model, const LoraSpec& spec) : spec_(spec) {
   LORA_INPUT_CHECK(!spec.targets.empty(), "lora.targets: expected at least one target");
   for (size_t i = 0; i < spec.targets.size(); ++i) {
+    LORA_INPUT_CHECK(entry(spec.targets[i], model) != nullptr, "lora.targets: ", model.arch,
+                     " models have no target number ", static_cast<int>(spec.targets[i]),
+                     " (expected one of: ", lora_target_names_help(model), ")");
     for (size_t j = i + 1; j < spec.targets.size(); ++j) {
       LORA_INPUT_CHECK(spec.targets[i] != spec.targets[j], "lora.targets: '",
-                       lora_target_name(spec.targets[i]), "' is listed twice");
+                       lora_target_name(spec.targets[i], model), "' is listed twice");
     }
   }
   LORA_INPUT_CHECK(spec.rank > 0, "lora.rank: expected a positive integer, got ", spec.rank);
   for (LoraTarget t : spec.targets) {
-    auto [d_in, d_out] = lora_target_dims(t, shape.d_model);
-    LORA_INPUT_CHECK(spec.rank <= std::min(d_in, d_out), "lora.rank: ", spec.rank,
-                     " exceeds min(d_in, d_out) = ", std::min(d_in, d_out), " of target ",
-                     lora_target_name(t));
+    const TargetGeometry g = lora_target_geometry(t, model);
+    LORA_INPUT_CHECK(spec.rank <= std::min(g.d_in, g.d_out), "lora.rank: ", spec.rank,
+                     " exceeds min(d_in, d_out) = ", std::min(g.d_in, g.d_out), " of target ",
+                     lora_target_name(t, model));
   }
-  index_.assign(static_cast<size_t>(shape.n_layer) * kNumLoraTargets, -1);
+  const std::string block_prefix = model.is_gpt2() ? "h." : "model.layers.";
+  index_.assign(static_cast<size_t>(model.n_layer) * kNumLoraTargets, -1);
   layer_offsets_.push_back(0);
   size_t offset = 0;
-  for (int l = 0; l < shape.n_layer; ++l) {
-    for (int ti = 0; ti < kNumLoraTargets; ++ti) {
-      auto t = static_cast<LoraTarget>(ti);
+  for (int l = 0; l < model.n_layer; ++l) {
+    for (LoraTarget t : family_targets(model)) {
       if (!spec.has_target(t)) continue;
+      const TargetGeometry g = lora_target_geometry(t, model);
       LoraModule m;
       m.layer = l;
       m.target = t;
-      std::tie(m.d_in, m.d_out) = lora_target_dims(t, shape.d_model);
+      m.linear = g.linear;
+      m.d_in = g.d_in;
+      m.d_out = g.d_out;
+      m.col_offset = g.col_offset;
+      m.ld_out = g.ld_out;
       m.rank = spec.rank;
+      m.scaling = spec.scaling();
+      m.name = block_prefix + std::to_string(l) + "." + std::string(lora_target_hf_name(t, model));
       m.a_offset = offset;
       offset += m.n_a();
       m.b_offset = offset;
       offset += m.n_b();
-      index_[static_cast<size_t>(l) * kNumLoraTargets + ti] = static_cast<int>(modules_.size());
-      modules_.push_back(m);
+      max_rank_ = std::max(max_rank_, m.rank);
+      index_[static_cast<size_t>(l) * kNumLoraTargets + static_cast<int>(t)] =
+          static_cast<int>(modules_.size());
+      modules_.push_back(std::move(m));
     }
     layer_offsets_.push_back(offset);
   }
@@ -115,6 +190,23 @@ LoraLayout::LoraLayout(const ModelShape& shape, const LoraSpec& spec) : spec_(sp
 const LoraModule* LoraLayout::find(int layer, LoraTarget target) const {
   int i = index_[static_cast<size_t>(layer) * kNumLoraTargets + static_cast<int>(target)];
   return i < 0 ? nullptr : &modules_[i];
+}
+
+std::vector<const LoraModule*> LoraLayout::modules_of(int layer, BlockLinear linear) const {
+  std::vector<const LoraModule*> out;
+  for (int t = 0; t < kNumLoraTargets; ++t) {
+    const int i = index_[static_cast<size_t>(layer) * kNumLoraTargets + t];
+    if (i >= 0 && modules_[i].linear == linear) out.push_back(&modules_[i]);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const LoraModule* a, const LoraModule* b) { return a->a_offset < b->a_offset; });
+  return out;
+}
+
+const LoraModule* LoraLayout::find(const std::string& module_name) const {
+  for (const LoraModule& m : modules_)
+    if (m.name == module_name) return &m;
+  return nullptr;
 }
 
 void init_lora_params(const LoraLayout& layout, float* params, uint64_t seed) {

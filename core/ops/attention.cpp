@@ -1,7 +1,8 @@
 // Causal multi-head self-attention on the CPU, one (batch, head) pair at a time, its products as
 // OpenBLAS sgemm calls on row blocks of kBlock queries so that blocks above the causal diagonal
 // are never computed (about half the work is skipped for long sequences).
-//   forward, per (b, h), hs = d_model / n_head, q/k/v read in place from qkv [B, T, 3C]:
+//   forward, per (b, h), hs = head_dim, q/k/v read in place from qkv [B, T, (NH + 2 NKV) hs]
+//   (query head h reads key/value head h / (NH / NKV)):
 //     S = Q K^T / sqrt(hs)   (rows t, keys u <= t)
 //     att[b, h] = P = row softmax of S over u <= t, 0 above the diagonal
 //     out[b, :, head h] = P V
@@ -31,16 +32,18 @@ inline int keys_for_block(int r0, int T) { return std::min(T, r0 + kBlock); }
 }  // namespace
 
 void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch, int n_seq,
-                           int d_model, int n_head) {
-  detail::check_attention_forward_args(out, att, qkv, n_batch, n_seq, d_model, n_head);
-  const int T = n_seq, C = d_model, hs = d_model / n_head;
-  const int ld = 3 * C;
+                           int n_head, int n_kv_head, int head_dim) {
+  detail::check_attention_forward_args(out, att, qkv, n_batch, n_seq, n_head, n_kv_head, head_dim);
+  const int T = n_seq, hs = head_dim, C = n_head * hs, group = n_head / n_kv_head;
+  const int ld = (n_head + 2 * n_kv_head) * hs;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   for (int b = 0; b < n_batch; ++b) {
     for (int h = 0; h < n_head; ++h) {
-      const float* q = qkv + static_cast<size_t>(b) * T * ld + static_cast<size_t>(h) * hs;
-      const float* k = q + C;
-      const float* v = q + 2 * C;
+      const int kvh = h / group;
+      const float* row0 = qkv + static_cast<size_t>(b) * T * ld;
+      const float* q = row0 + static_cast<size_t>(h) * hs;
+      const float* k = row0 + static_cast<size_t>(n_head + kvh) * hs;
+      const float* v = row0 + static_cast<size_t>(n_head + n_kv_head + kvh) * hs;
       float* p = att + (static_cast<size_t>(b) * n_head + h) * T * T;
       float* o = out + static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;
       for (int r0 = 0; r0 < T; r0 += kBlock) {
@@ -78,21 +81,26 @@ void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch
 }
 
 void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, const float* att,
-                            int n_batch, int n_seq, int d_model, int n_head) {
-  detail::check_attention_backward_args(dqkv, dout, qkv, att, n_batch, n_seq, d_model, n_head);
-  const int T = n_seq, C = d_model, hs = d_model / n_head;
-  const int ld = 3 * C;
+                            int n_batch, int n_seq, int n_head, int n_kv_head, int head_dim) {
+  detail::check_attention_backward_args(dqkv, dout, qkv, att, n_batch, n_seq, n_head, n_kv_head,
+                                        head_dim);
+  const int T = n_seq, hs = head_dim, C = n_head * hs, group = n_head / n_kv_head;
+  const int ld = (n_head + 2 * n_kv_head) * hs;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   std::vector<float> ds(static_cast<size_t>(T) * T);  // dP, then dS, in place
   for (int b = 0; b < n_batch; ++b) {
     for (int h = 0; h < n_head; ++h) {
-      const size_t head = static_cast<size_t>(b) * T * ld + static_cast<size_t>(h) * hs;
-      const float* q = qkv + head;
-      const float* k = q + C;
-      const float* v = q + 2 * C;
-      float* dq = dqkv + head;
-      float* dk = dq + C;
-      float* dv = dq + 2 * C;
+      const int kvh = h / group;
+      const size_t row0 = static_cast<size_t>(b) * T * ld;
+      const size_t q_col = static_cast<size_t>(h) * hs;
+      const size_t k_col = static_cast<size_t>(n_head + kvh) * hs;
+      const size_t v_col = static_cast<size_t>(n_head + n_kv_head + kvh) * hs;
+      const float* q = qkv + row0 + q_col;
+      const float* k = qkv + row0 + k_col;
+      const float* v = qkv + row0 + v_col;
+      float* dq = dqkv + row0 + q_col;
+      float* dk = dqkv + row0 + k_col;
+      float* dv = dqkv + row0 + v_col;
       const float* p = att + (static_cast<size_t>(b) * n_head + h) * T * T;
       const float* g = dout + static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;
       for (int r0 = 0; r0 < T; r0 += kBlock) {

@@ -14,6 +14,9 @@
 // atomics, deterministic): the query-row kernel also stores D[t] into a temporary
 // [n_batch, n_head, n_seq] buffer (stream-ordered allocation) that the key-row kernel reads.
 // Shapes: out, dout [n_batch, n_seq, d_model]; att [n_batch, n_head, n_seq, n_seq].
+// Shared memory per block: each kernel's static part (the reduction scratch) plus the dynamic part
+// sized by n_seq and hs must fit the device's per-block limit; above the 48 KiB default the
+// kernel's dynamic limit is raised (cudaFuncSetAttribute) before the launch.
 #include "core/ops/attention.h"
 
 #include <cmath>
@@ -31,7 +34,9 @@ using cuda_detail::warp_sum;
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / kWarpSize;
-constexpr size_t kMaxSharedBytes = 48 * 1024;  // default dynamic shared memory limit
+// More shared memory per block than any device offers (Hopper's opt-in limit is 227 KiB): larger
+// requests are refused on the host before the device is asked.
+constexpr size_t kMaxSharedBytesAnyDevice = 256 * 1024;
 
 struct Dims {
   int n_seq;
@@ -56,17 +61,41 @@ size_t key_row_shared_bytes(int hs) {
   return (1 + 2 * static_cast<size_t>(kWarps)) * hs * sizeof(float);
 }
 
-// The GPU's own limits, checked after the shared size checks (sizes positive, d_model a
+// The limits that need no device, checked after the shared size checks (sizes positive, d_model a
 // multiple of n_head).
 void check_launch_limits(int n_batch, int n_seq, int d_model, int n_head) {
   LORA_CHECK(static_cast<long long>(n_batch) * n_head * n_seq <= 0x7fffffffLL,
              "n_batch * n_head * n_seq too large for one grid: ", n_batch, " * ", n_head, " * ",
              n_seq);
   const int hs = d_model / n_head;
-  LORA_CHECK(query_row_shared_bytes(n_seq, hs) <= kMaxSharedBytes &&
-                 key_row_shared_bytes(hs) <= kMaxSharedBytes,
+  LORA_CHECK(query_row_shared_bytes(n_seq, hs) <= kMaxSharedBytesAnyDevice &&
+                 key_row_shared_bytes(hs) <= kMaxSharedBytesAnyDevice,
              "n_seq ", n_seq, " with head size ", hs, " needs more shared memory than ",
-             kMaxSharedBytes, " bytes");
+             kMaxSharedBytesAnyDevice, " bytes per block");
+}
+
+// Makes `kernel` launchable with `dynamic_bytes` of dynamic shared memory on the current device:
+// its static shared memory (cudaFuncGetAttributes) plus dynamic_bytes must fit the device's opt-in
+// per-block limit, and above the default the kernel's dynamic limit is raised to dynamic_bytes.
+template <typename Kernel>
+void prepare_shared_memory(Kernel* kernel, size_t dynamic_bytes, int n_seq, int hs,
+                           const char* kernel_name) {
+  cudaFuncAttributes attr{};
+  LORA_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  int device = 0;
+  LORA_CUDA_CHECK(cudaGetDevice(&device));
+  int optin = 0;
+  LORA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const size_t static_bytes = attr.sharedSizeBytes;
+  LORA_CHECK(static_bytes + dynamic_bytes <= static_cast<size_t>(optin), "attention ", kernel_name,
+             ": n_seq ", n_seq, " with head size ", hs, " needs ", dynamic_bytes,
+             " bytes of dynamic shared memory plus ", static_bytes,
+             " static, more than the device's ", optin, " bytes per block");
+  // maxDynamicSharedSizeBytes starts at the default minus the static part.
+  if (dynamic_bytes > static_cast<size_t>(attr.maxDynamicSharedSizeBytes)) {
+    LORA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(dynamic_bytes)));
+  }
 }
 
 }  // namespace
@@ -227,30 +256,45 @@ static __global__ void attention_backward_key_kernel(float* dqkv, const float* d
 }
 
 void attention_forward_cuda(float* out, float* att, const float* qkv, int n_batch, int n_seq,
-                            int d_model, int n_head, cudaStream_t stream) {
-  detail::check_attention_forward_args(out, att, qkv, n_batch, n_seq, d_model, n_head);
+                            int n_head, int n_kv_head, int head_dim, cudaStream_t stream) {
+  detail::check_attention_forward_args(out, att, qkv, n_batch, n_seq, n_head, n_kv_head, head_dim);
+  LORA_CHECK(n_kv_head == n_head, "the CUDA attention kernels do not implement grouped-query "
+             "attention yet (n_kv_head ", n_kv_head, " != n_head ", n_head, ")");
+  const int d_model = n_head * head_dim;
   check_launch_limits(n_batch, n_seq, d_model, n_head);
   const Dims dims{n_seq, d_model, n_head, d_model / n_head};
   const unsigned int blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;
-  attention_forward_kernel<<<blocks, kThreads, query_row_shared_bytes(n_seq, dims.hs), stream>>>(
-      out, att, qkv, dims);
+  const size_t shared_bytes = query_row_shared_bytes(n_seq, dims.hs);
+  prepare_shared_memory(attention_forward_kernel, shared_bytes, n_seq, dims.hs, "forward");
+  attention_forward_kernel<<<blocks, kThreads, shared_bytes, stream>>>(out, att, qkv, dims);
   LORA_CUDA_CHECK_LAUNCH();
 }
 
 void attention_backward_cuda(float* dqkv, const float* dout, const float* qkv, const float* att,
-                             int n_batch, int n_seq, int d_model, int n_head, cudaStream_t stream) {
-  detail::check_attention_backward_args(dqkv, dout, qkv, att, n_batch, n_seq, d_model, n_head);
+                             int n_batch, int n_seq, int n_head, int n_kv_head, int head_dim,
+                             cudaStream_t stream) {
+  detail::check_attention_backward_args(dqkv, dout, qkv, att, n_batch, n_seq, n_head, n_kv_head,
+                                        head_dim);
+  LORA_CHECK(n_kv_head == n_head, "the CUDA attention kernels do not implement grouped-query "
+             "attention yet (n_kv_head ", n_kv_head, " != n_head ", n_head, ")");
+  const int d_model = n_head * head_dim;
   check_launch_limits(n_batch, n_seq, d_model, n_head);
   const Dims dims{n_seq, d_model, n_head, d_model / n_head};
   const unsigned int blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;
+  const size_t query_bytes = query_row_shared_bytes(n_seq, dims.hs);
+  const size_t key_bytes = key_row_shared_bytes(dims.hs);
+  prepare_shared_memory(attention_backward_query_kernel, query_bytes, n_seq, dims.hs,
+                        "backward (query rows)");
+  prepare_shared_memory(attention_backward_key_kernel, key_bytes, n_seq, dims.hs,
+                        "backward (key rows)");
   float* d_sums = nullptr;
   LORA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&d_sums), blocks * sizeof(float), stream));
-  attention_backward_query_kernel<<<blocks, kThreads, query_row_shared_bytes(n_seq, dims.hs),
-                                    stream>>>(dqkv, d_sums, dout, qkv, att, dims);
+  attention_backward_query_kernel<<<blocks, kThreads, query_bytes, stream>>>(dqkv, d_sums, dout,
+                                                                          qkv, att, dims);
   const cudaError_t launch_query = cudaGetLastError();
   if (launch_query == cudaSuccess) {
-    attention_backward_key_kernel<<<blocks, kThreads, key_row_shared_bytes(dims.hs), stream>>>(
-        dqkv, d_sums, dout, qkv, att, dims);
+    attention_backward_key_kernel<<<blocks, kThreads, key_bytes, stream>>>(dqkv, d_sums, dout, qkv,
+                                                                      att, dims);
   }
   const cudaError_t launch_key = cudaGetLastError();
   LORA_CUDA_CHECK(cudaFreeAsync(d_sums, stream));

@@ -3,9 +3,11 @@
 //   backward: dlogits[i, j] = (exp(l[i, j] - m) / sum - [j == t[i]]) * dloss   (written)
 // The exponentials are float (detail::exp_approx, vectorised), their sum is accumulated in
 // double. The backward recomputes max and sum, then overwrites the row, so dlogits may alias
-// logits. Shapes: logits, dlogits [n, vocab]; targets [n] in [0, vocab); losses [n].
+// logits. A negative target masks its row (loss 0, gradient row 0).
+// Shapes: logits, dlogits [n, vocab]; targets [n] in [0, vocab) or < 0; losses [n].
 #include "core/ops/cross_entropy.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 
@@ -15,11 +17,11 @@
 namespace lora::ops {
 namespace {
 
-// Targets are host memory here, so every one is range-checked.
+// Targets are host memory here, so every one is range-checked (negative ones are masked rows).
 void check_targets(const int32_t* targets, int n, int vocab) {
   for (int i = 0; i < n; ++i) {
-    LORA_CHECK(targets[i] >= 0 && targets[i] < vocab, "target ", targets[i], " of row ", i,
-               " is outside [0, ", vocab, ")");
+    LORA_CHECK(targets[i] < vocab, "target ", targets[i], " of row ", i, " is outside [0, ", vocab,
+               ") (negative ids mask a row)");
   }
 }
 
@@ -45,6 +47,10 @@ void cross_entropy_forward_cpu(float* losses, const float* logits, const int32_t
   check_targets(targets, n, vocab);
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) * vocab > 32768)
   for (int i = 0; i < n; ++i) {
+    if (targets[i] < 0) {
+      losses[i] = 0.0f;
+      continue;
+    }
     const float* row = logits + static_cast<size_t>(i) * vocab;
     const float m = row_max(row, vocab);
     const double sum = row_sum_exp(row, m, vocab);
@@ -61,6 +67,10 @@ void cross_entropy_backward_cpu(float* dlogits, const float* logits, const int32
   for (int i = 0; i < n; ++i) {
     const float* row = logits + static_cast<size_t>(i) * vocab;
     float* drow = dlogits + static_cast<size_t>(i) * vocab;
+    if (targets[i] < 0) {
+      std::fill(drow, drow + vocab, 0.0f);
+      continue;
+    }
     const float m = row_max(row, vocab);
     const float scale = static_cast<float>(static_cast<double>(dloss) / row_sum_exp(row, m, vocab));
 #pragma omp simd

@@ -5,8 +5,9 @@
 // statistics are complete (block barrier) before any thread writes, and after them each thread
 // reads and writes only its own columns.
 // Shapes: logits, dlogits [n, vocab]; targets [n] int32 (device); losses [n].
-// Targets live on the device and are validated by the data loader; a target outside [0, vocab)
-// gives a NaN loss (forward) or a NaN row (backward) rather than an out-of-bounds read.
+// Targets live on the device and are validated by the data loader. A negative target masks its
+// row (loss 0, gradient row 0); a target >= vocab gives a NaN loss (forward) or a NaN row
+// (backward) rather than an out-of-bounds read.
 #include "core/ops/cross_entropy.h"
 
 #include <cmath>
@@ -41,6 +42,10 @@ static __global__ void cross_entropy_forward_kernel(float* losses, const float* 
                                                     const int32_t* targets, int vocab) {
   __shared__ float scratch[32];
   const int i = blockIdx.x;
+  if (targets[i] < 0) {  // masked row (uniform over the block: no barrier is skipped by some only)
+    if (threadIdx.x == 0) losses[i] = 0.0f;
+    return;
+  }
   const float* row = logits + static_cast<size_t>(i) * vocab;
   float m = 0.0f;
   float s = 0.0f;
@@ -58,11 +63,15 @@ static __global__ void cross_entropy_backward_kernel(float* dlogits, const float
   const int i = blockIdx.x;
   const float* row = logits + static_cast<size_t>(i) * vocab;
   float* drow = dlogits + static_cast<size_t>(i) * vocab;
+  if (targets[i] < 0) {  // masked row (uniform over the block)
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) drow[j] = 0.0f;
+    return;
+  }
   float m = 0.0f;
   float s = 0.0f;
   row_stats(row, vocab, scratch, &m, &s);
   const int t = targets[i];
-  if (t < 0 || t >= vocab) {
+  if (t >= vocab) {
     for (int j = threadIdx.x; j < vocab; j += blockDim.x) drow[j] = __int_as_float(0x7fc00000);
     return;
   }

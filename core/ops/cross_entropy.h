@@ -4,7 +4,8 @@
 //   dlogits[i, :] = (softmax(logits[i, :]) - onehot(targets[i])) * dloss
 // where dloss is the gradient of the objective with respect to each row's loss (1/n for the mean).
 // dlogits may alias logits (in place), so the logits never need a second buffer.
-// Shapes: logits, dlogits [n, vocab]; targets [n] int32 in [0, vocab); losses [n].
+// A negative target masks its row: loss 0 and a zero gradient row (prompt tokens, padding).
+// Shapes: logits, dlogits [n, vocab]; targets [n] int32 in [0, vocab) or < 0; losses [n].
 #pragma once
 
 #include <cmath>
@@ -14,6 +15,9 @@
 #include "core/ops/stream.h"
 
 namespace lora::ops {
+
+// The target id of a masked position (any negative id masks).
+inline constexpr int32_t kIgnoreTarget = -1;
 
 void cross_entropy_forward_cpu(float* losses, const float* logits, const int32_t* targets, int n,
                                int vocab);

@@ -36,8 +36,12 @@ void embedding_forward_cpu(float* out, const int32_t* tokens, const float* wte, 
   for (long i = 0; i < n_rows; ++i) {
     const int t = static_cast<int>(i % n_seq);
     const float* te = wte + static_cast<size_t>(tokens[i]) * d_model;
-    const float* pe = wpe + static_cast<size_t>(t) * d_model;
     float* o = out + static_cast<size_t>(i) * d_model;
+    if (wpe == nullptr) {
+      std::copy(te, te + d_model, o);
+      continue;
+    }
+    const float* pe = wpe + static_cast<size_t>(t) * d_model;
 #pragma omp simd
     for (int j = 0; j < d_model; ++j) o[j] = te[j] + pe[j];
   }

@@ -1,5 +1,5 @@
 // Token + position embedding on the GPU.
-//   forward:  out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :]
+//   forward:  out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :]   (wpe may be null: no positions)
 //   backward: dwte[tokens[b, t], :] += dout[b, t, :];  dwpe[t, :] += sum_b dout[b, t, :]
 // Shapes: tokens [n_batch, n_seq] int32 (device); wte [vocab, d_model]; wpe [>= n_seq, d_model];
 // out, dout [n_batch, n_seq, d_model].
@@ -35,7 +35,8 @@ static __global__ void embedding_forward_kernel(float* out, const int32_t* token
       out[idx] = __int_as_float(0x7fc00000);  // quiet NaN marks the bad token
       continue;
     }
-    out[idx] = wte[static_cast<size_t>(token) * d_model + j] + wpe[static_cast<size_t>(t) * d_model + j];
+    const float pe = wpe != nullptr ? wpe[static_cast<size_t>(t) * d_model + j] : 0.0f;
+    out[idx] = wte[static_cast<size_t>(token) * d_model + j] + pe;
   }
 }
 

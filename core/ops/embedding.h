@@ -1,5 +1,6 @@
 // Token + position embedding.
-//   out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :]
+//   out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :]      (wpe null: token embedding alone, as
+//                                                        models with rotary positions have)
 // Shapes: tokens [n_batch, n_seq] int32 in [0, vocab); wte [vocab, d_model]; wpe [max_seq, d_model];
 //         out [n_batch, n_seq, d_model].
 // Backward accumulates (+=) into dwte and dwpe; a null gradient pointer is skipped (frozen).
@@ -38,7 +39,8 @@ inline void check_embedding_sizes(const int32_t* tokens, int n_batch, int n_seq,
 inline void check_embedding_forward_args(const float* out, const int32_t* tokens, const float* wte,
                                          const float* wpe, int n_batch, int n_seq, int d_model,
                                          int vocab) {
-  LORA_CHECK(out != nullptr && wte != nullptr && wpe != nullptr, "out, wte, wpe must not be null");
+  LORA_CHECK(out != nullptr && wte != nullptr, "out and wte must not be null");
+  (void)wpe;  // may be null
   check_embedding_sizes(tokens, n_batch, n_seq, d_model, vocab);
 }
 

@@ -1,9 +1,12 @@
-// Dense layer in Conv1D orientation (as Hugging Face GPT-2 stores it).
+// Dense layers, in both orientations Hugging Face checkpoints store them.
+// matmul: Conv1D orientation (GPT-2), W [d_in, d_out]:
 //   y[n, d_out] = x[n, d_in] W[d_in, d_out] + bias[d_out]      (bias may be null)
 // Backward:
 //   dx[n, d_in]      += dy W^T
 //   dw[d_in, d_out]  += x^T dy
 //   dbias[d_out]     += sum_i dy[i, :]
+// linear: nn.Linear orientation (the Llama family), W [d_out, d_in]:
+//   y = x W^T + bias;  dx += dy W;  dw[d_out, d_in] += dy^T x;  dbias += sum_i dy[i, :]
 // Any of dx, dw, dbias may be null and is then not computed (frozen weight: no dw, no dbias).
 // The CPU version calls OpenBLAS sgemm; the CUDA version cuBLAS.
 #pragma once
@@ -16,6 +19,10 @@ namespace lora::ops {
 void matmul_forward_cpu(float* y, const float* x, const float* w, const float* bias, int n, int d_in,
                         int d_out);
 void matmul_backward_cpu(float* dx, float* dw, float* dbias, const float* dy, const float* x,
+                         const float* w, int n, int d_in, int d_out);
+void linear_forward_cpu(float* y, const float* x, const float* w, const float* bias, int n, int d_in,
+                        int d_out);
+void linear_backward_cpu(float* dx, float* dw, float* dbias, const float* dy, const float* x,
                          const float* w, int n, int d_in, int d_out);
 
 #ifdef LORA_WITH_CUDA

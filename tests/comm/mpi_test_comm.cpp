@@ -14,6 +14,7 @@
 #include "comm/grad_reducer.h"
 #include "comm/mpi.h"
 #include "core/error.h"
+#include "tests/common/rank_printer.h"
 
 namespace lora::comm {
 namespace {
@@ -302,21 +303,6 @@ TEST(Hosts, EveryRankKnowsEveryHostName) {
   for (int r = 0; r < comm.size(); ++r) EXPECT_FALSE(comm.host_of(r).empty()) << r;
 }
 
-// Non-zero ranks print only failed assertions, with their rank.
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& result) override {
-    if (!result.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_,
-                 result.file_name() ? result.file_name() : "?", result.line_number(),
-                 result.summary());
-  }
-
- private:
-  int rank_;
-};
-
 }  // namespace
 }  // namespace lora::comm
 
@@ -328,11 +314,7 @@ int main(int argc, char** argv) {
     lora::comm::MpiCommunicator world;
     world.set_timeout(std::chrono::seconds(60));
     lora::comm::g_world = &world;
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    if (world.rank() != 0) {
-      delete listeners.Release(listeners.default_result_printer());
-      listeners.Append(new lora::comm::RankFailurePrinter(world.rank()));
-    }
+    lora::testing::print_failures_only_unless_rank_zero(world.rank());
     int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
     MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     lora::comm::g_world = nullptr;

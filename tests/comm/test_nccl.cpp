@@ -1,8 +1,10 @@
 // NcclCommunicator at world size 1 (bootstrapped through a LocalCommunicator): an all-reduce of a
 // device buffer equals the buffer (sum and average of one rank), broadcast from root 0 keeps it,
 // barrier and split work, stats count bytes like the other backends, and bad arguments throw.
-// Multi-rank behaviour needs several GPUs and runs elsewhere. Skips without a device.
+// Several ranks: mpi_test_nccl.cpp. Skips without a device (fails under LORA_REQUIRE_CUDA=1).
 #include <gtest/gtest.h>
+
+#include "tests/common/cuda_device.h"
 
 #ifdef LORA_WITH_CUDA
 
@@ -30,10 +32,9 @@ namespace {
 class Nccl : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string why;
-    if (!cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+    LORA_CUDA_DEVICE_OR_SKIP();
     cuda::select_device(0);
-    LORA_CUDA_CHECK(cudaStreamCreate(&stream_));
+    LORA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     bootstrap_.set_timeout(std::chrono::seconds(60));
     comm_ = std::make_unique<NcclCommunicator>(bootstrap_, stream_);
   }
@@ -66,12 +67,12 @@ TEST_F(Nccl, AllReduceSumAndAverageOfOneRankIsIdentity) {
   const auto host = values(n, 1);
   cuda::DeviceBuffer<float> buf(n);
   for (const ReduceOp op : {ReduceOp::kSum, ReduceOp::kAverage, ReduceOp::kMax}) {
-    buf.copy_from_host(host.data());
+    buf.copy_from_host(host.data(), stream_);
     auto work = comm_->all_reduce_async(std::span<float>(buf.data(), n), op);
     comm_->wait(*work);
     EXPECT_TRUE(work->test());
     std::vector<float> back(n);
-    buf.copy_to_host(back.data());
+    buf.copy_to_host(back.data(), stream_);
     EXPECT_EQ(back, host) << "op " << static_cast<int>(op);
   }
   EXPECT_EQ(comm_->stats().all_reduce_calls, 3u);
@@ -82,10 +83,10 @@ TEST_F(Nccl, AllReduceSumAndAverageOfOneRankIsIdentity) {
 TEST_F(Nccl, AllReduceInt64AndEmpty) {
   const std::vector<int64_t> host = {-3, 0, 1LL << 40, 17};
   cuda::DeviceBuffer<int64_t> buf(host.size());
-  buf.copy_from_host(host.data());
+  buf.copy_from_host(host.data(), stream_);
   comm_->all_reduce(std::span<int64_t>(buf.data(), host.size()), ReduceOp::kSum);
   std::vector<int64_t> back(host.size());
-  buf.copy_to_host(back.data());
+  buf.copy_to_host(back.data(), stream_);
   EXPECT_EQ(back, host);
   auto work = comm_->all_reduce_async(buf.data(), 0, DType::kInt64, ReduceOp::kSum);
   EXPECT_TRUE(work->test());
@@ -101,10 +102,10 @@ TEST_F(Nccl, BroadcastBarrierSplit) {
   const size_t n = 333;
   const auto host = values(n, 2);
   cuda::DeviceBuffer<float> buf(n);
-  buf.copy_from_host(host.data());
+  buf.copy_from_host(host.data(), stream_);
   comm_->broadcast(std::span<float>(buf.data(), n), 0);
   std::vector<float> back(n);
-  buf.copy_to_host(back.data());
+  buf.copy_to_host(back.data(), stream_);
   EXPECT_EQ(back, host);
   EXPECT_THROW(comm_->broadcast(buf.data(), n, DType::kFloat32, 1), Error);
   EXPECT_EQ(comm_->stats().all_reduce_calls, 0u);  // broadcast is not an all-reduce
@@ -118,7 +119,7 @@ TEST_F(Nccl, BroadcastBarrierSplit) {
   EXPECT_EQ(sub->size(), 1);
   EXPECT_EQ(sub->name(), "nccl");
   sub->all_reduce(std::span<float>(buf.data(), n), ReduceOp::kSum);
-  buf.copy_to_host(back.data());
+  buf.copy_to_host(back.data(), stream_);
   EXPECT_EQ(back, host);
   EXPECT_EQ(sub->stats().all_reduce_calls, 1u);
   sub->barrier();
@@ -126,7 +127,9 @@ TEST_F(Nccl, BroadcastBarrierSplit) {
 
 #else  // !LORA_WITH_NCCL
 
-TEST(Nccl, BuiltWithoutNccl) { GTEST_SKIP() << "built without NCCL (libnccl not found)"; }
+TEST(Nccl, BuiltWithoutNccl) {
+  LORA_CUDA_SKIP_OR_FAIL("this build has no NCCL (libnccl not found at configure time)");
+}
 
 #endif  // LORA_WITH_NCCL
 
@@ -135,6 +138,8 @@ TEST(Nccl, BuiltWithoutNccl) { GTEST_SKIP() << "built without NCCL (libnccl not 
 
 #else  // !LORA_WITH_CUDA
 
-TEST(Nccl, BuiltWithoutCuda) { GTEST_SKIP() << "built without CUDA"; }
+TEST(Nccl, BuiltWithoutCuda) {
+  LORA_CUDA_SKIP_OR_FAIL(lora::testing::cuda_not_built_reason());
+}
 
 #endif  // LORA_WITH_CUDA

@@ -2,15 +2,22 @@
 // the device, run on a stream, copied back and compared element by element with a per-op
 // tolerance (|cpu - gpu| <= atol + rtol |cpu|). Gradients start from non-zero values so that
 // "accumulates (+=)" is checked, not only the product. Dropout masks must be equal bit for bit.
-// Without a device (or without a CUDA build) those tests skip with the reason; the parts that
-// need no device still run: the device copy of the hash equals core/rng.h, device discovery
-// reports a reason instead of failing, and every CUDA entry point validates its arguments before
-// it touches the device.
+// Also at real sizes: attention at GPT-2's head size and context (64, 1024), attention rows that
+// need more than the default 48 KiB of shared memory, and the LM head plus cross-entropy over a
+// 128256-token vocabulary with more than 2^31 logits; and DeviceBuffer's copies and fills are
+// ordered on the caller's stream. Without a device (or without a CUDA build) those tests skip with
+// the reason, or fail under LORA_REQUIRE_CUDA=1 (tests/common/cuda_device.h). The parts that need
+// no device still run: the device copy of the hash equals core/rng.h, device discovery reports a
+// reason instead of failing, and every CUDA entry point validates its arguments before it touches
+// the device.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/cuda_runtime.h"
@@ -27,6 +34,7 @@
 #include "core/ops/residual.h"
 #include "core/ops/rng_device.cuh"
 #include "core/rng.h"
+#include "tests/common/cuda_device.h"
 
 namespace lora::ops {
 namespace {
@@ -100,9 +108,11 @@ TEST(CudaOpsValidation, EntryPointsRejectBadArguments) {
   EXPECT_THROW(matmul_backward_cuda(p, nullptr, nullptr, p, p, nullptr, 1, 1, 1, s), Error);
   EXPECT_THROW(lm_head_forward_cuda(p, p, nullptr, 1, 1, 1, s), Error);
   EXPECT_THROW(lm_head_backward_cuda(nullptr, p, p, nullptr, p, 1, 1, 1, s), Error);
-  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 4, 10, 3, s), Error);  // 10 % 3 != 0
-  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 20000, 64, 1, s), Error);  // shared memory
-  EXPECT_THROW(attention_backward_cuda(p, nullptr, p, p, 1, 4, 8, 2, s), Error);
+  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 4, 2, 3, 4, s), Error);  // 3 kv heads, 2 query heads
+  // Shared memory beyond any device's per-block limit is refused before the device is asked.
+  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 100000, 1, 1, 64, s), Error);
+  EXPECT_THROW(attention_backward_cuda(p, p, p, p, 1, 100000, 1, 1, 64, s), Error);
+  EXPECT_THROW(attention_backward_cuda(p, nullptr, p, p, 1, 4, 2, 2, 4, s), Error);
   EXPECT_THROW(gelu_forward_cuda(p, p, 0, s), Error);
   EXPECT_THROW(gelu_backward_cuda(p, nullptr, p, 1, s), Error);
   EXPECT_THROW(residual_forward_cuda(p, nullptr, p, 1, s), Error);
@@ -111,8 +121,8 @@ TEST(CudaOpsValidation, EntryPointsRejectBadArguments) {
   EXPECT_THROW(cross_entropy_backward_cuda(p, p, &tok, NAN, 1, 1, s), Error);
   EXPECT_THROW(dropout_forward_cuda(p, p, &row_id, 1.0f, 0, 0, 1, 1, s), Error);
   EXPECT_THROW(dropout_backward_cuda(p, p, &row_id, -0.1f, 0, 0, 1, 1, s), Error);
-  EXPECT_THROW(lora_forward_cuda(p, p, p, p, p, INFINITY, 1, 1, 1, 1, s), Error);
-  EXPECT_THROW(lora_backward_cuda(p, p, p, nullptr, p, p, p, p, p, 1.0f, 1, 1, 1, 1, s), Error);
+  EXPECT_THROW(lora_forward_cuda(p, p, p, p, p, INFINITY, 1, 1, 1, 1, 1, s), Error);
+  EXPECT_THROW(lora_backward_cuda(p, p, p, nullptr, p, p, p, p, p, 1.0f, 1, 1, 1, 1, 1, s), Error);
   EXPECT_THROW(adamw_update_cuda(p, p, p, p, 1, AdamWParams{}, 0, s), Error);
   AdamWParams bad;
   bad.beta2 = 1.0f;
@@ -126,10 +136,11 @@ TEST(CudaOpsValidation, EntryPointsRejectBadArguments) {
 
 class CudaOps : public ::testing::Test {
  protected:
+  // A non-blocking stream: nothing is ordered by the legacy default stream, so an op or copy that
+  // used it instead of the stream it was given would race with the work queued here.
   void SetUp() override {
-    std::string why;
-    if (!cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
-    LORA_CUDA_CHECK(cudaStreamCreate(&stream_));
+    LORA_CUDA_DEVICE_OR_SKIP();
+    LORA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   void TearDown() override {
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -138,14 +149,13 @@ class CudaOps : public ::testing::Test {
   template <typename T>
   cuda::DeviceBuffer<T> upload(const std::vector<T>& host) {
     cuda::DeviceBuffer<T> d(host.size());
-    d.copy_from_host(host.data());
+    d.copy_from_host(host.data(), stream_);
     return d;
   }
   template <typename T>
   std::vector<T> download(const cuda::DeviceBuffer<T>& d) {
-    LORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
     std::vector<T> host(d.size());
-    d.copy_to_host(host.data());
+    d.copy_to_host(host.data(), stream_);
     return host;
   }
 
@@ -350,12 +360,13 @@ void CudaOps::check_attention(int n_batch, int n_seq, int d_model, int n_head) {
   const size_t n_att = static_cast<size_t>(n_batch) * n_head * n_seq * n_seq;
   const auto qkv = randn(n_qkv, 40);
   std::vector<float> out(n_out), att(n_att);
-  attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, d_model, n_head);
+  const int hd = d_model / n_head;
+  attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, n_head, n_head, hd);
   auto d_qkv = t.upload(qkv);
   cuda::DeviceBuffer<float> d_out(n_out);
   auto d_att = t.upload(randn(n_att, 41));  // garbage: the masked half must be overwritten
-  attention_forward_cuda(d_out.data(), d_att.data(), d_qkv.data(), n_batch, n_seq, d_model, n_head,
-                         stream);
+  attention_forward_cuda(d_out.data(), d_att.data(), d_qkv.data(), n_batch, n_seq, n_head, n_head,
+                         hd, stream);
   expect_close("attention out", out, t.download(d_out), 1e-4, 1e-5);
   expect_close("attention att", att, t.download(d_att), 1e-4, 1e-6);
 
@@ -364,16 +375,227 @@ void CudaOps::check_attention(int n_batch, int n_seq, int d_model, int n_head) {
   auto d_dout = t.upload(dout);
   auto d_dqkv = t.upload(dqkv);
   auto d_att_cpu = t.upload(att);  // the CPU probabilities for both backwards
-  attention_backward_cpu(dqkv.data(), dout.data(), qkv.data(), att.data(), n_batch, n_seq, d_model,
-                         n_head);
+  attention_backward_cpu(dqkv.data(), dout.data(), qkv.data(), att.data(), n_batch, n_seq, n_head,
+                         n_head, hd);
   attention_backward_cuda(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_att_cpu.data(), n_batch,
-                          n_seq, d_model, n_head, stream);
+                          n_seq, n_head, n_head, hd, stream);
   expect_close("attention dqkv", dqkv, t.download(d_dqkv), 1e-4, 1e-4);
 }
 
 TEST_F(CudaOps, AttentionSmall) { check_attention(2, 9, 24, 3); }
 // One query row with more keys than a block has threads (n_seq > 128), head size 32.
 TEST_F(CudaOps, AttentionLongRows) { check_attention(1, 150, 64, 2); }
+
+// GPT-2's real attention: 12 heads of size 64 over a 1024-token context.
+TEST_F(CudaOps, AttentionGpt2Size) { check_attention(1, 1024, 768, 12); }
+
+// One attention row in double: scores, probabilities, out, and dq for dout_t, as the op defines
+// them (attention.h), for spot checks at sizes where the whole CPU op would be too slow.
+struct AttentionRow {
+  std::vector<double> att;   // [t + 1]
+  std::vector<double> out;   // [hs]
+  std::vector<double> datt;  // [t + 1]: dout_t . v_u
+  double d_sum = 0.0;        // sum_u att[u] datt[u]
+  std::vector<double> dq;    // [hs], the gradient added to q_t
+};
+
+AttentionRow attention_row(const std::vector<float>& qkv, const std::vector<float>& dout,
+                           int d_model, int head, int hs, int t) {
+  const size_t stride = 3 * static_cast<size_t>(d_model);
+  auto q = [&](int u, int d) { return double(qkv[u * stride + head * hs + d]); };
+  auto k = [&](int u, int d) { return double(qkv[u * stride + d_model + head * hs + d]); };
+  auto v = [&](int u, int d) { return double(qkv[u * stride + 2 * d_model + head * hs + d]); };
+  const double scale = 1.0 / std::sqrt(double(hs));
+  AttentionRow r;
+  r.att.resize(t + 1);
+  double m = -INFINITY;
+  for (int u = 0; u <= t; ++u) {
+    double dot = 0.0;
+    for (int d = 0; d < hs; ++d) dot += q(t, d) * k(u, d);
+    r.att[u] = dot * scale;
+    m = std::max(m, r.att[u]);
+  }
+  double sum = 0.0;
+  for (int u = 0; u <= t; ++u) sum += (r.att[u] = std::exp(r.att[u] - m));
+  for (int u = 0; u <= t; ++u) r.att[u] /= sum;
+  r.out.assign(hs, 0.0);
+  for (int u = 0; u <= t; ++u) {
+    for (int d = 0; d < hs; ++d) r.out[d] += r.att[u] * v(u, d);
+  }
+  // ds[u] = att[u] (datt[u] - d_sum);  dq = sum_u ds[u] k_u / sqrt(hs)
+  r.datt.assign(t + 1, 0.0);
+  for (int u = 0; u <= t; ++u) {
+    for (int d = 0; d < hs; ++d) {
+      r.datt[u] += double(dout[size_t(t) * d_model + head * hs + d]) * v(u, d);
+    }
+    r.d_sum += r.att[u] * r.datt[u];
+  }
+  r.dq.assign(hs, 0.0);
+  for (int u = 0; u <= t; ++u) {
+    const double ds = r.att[u] * (r.datt[u] - r.d_sum);
+    for (int d = 0; d < hs; ++d) r.dq[d] += ds * k(u, d) * scale;
+  }
+  return r;
+}
+
+// Rows this long need more than the default 48 KiB of dynamic shared memory (the scores row and
+// q_t: (64 + 12288) * 4 bytes), so the kernels' limit must be raised before the launch. Spot
+// checks against a double reference: the first, a middle and the last query rows (out, att, dq),
+// and the last key row (dk, dv: only query row n_seq - 1 attends to it).
+TEST_F(CudaOps, AttentionRowsBeyondTheDefaultSharedMemory) {
+  const int n_seq = 12288, d_model = 64, n_head = 1, hs = 64;
+  const size_t n_qkv = size_t(n_seq) * 3 * d_model, n_out = size_t(n_seq) * d_model;
+  const auto qkv = randn(n_qkv, 44);
+  const auto dout = randn(n_out, 45);
+  auto d_qkv = upload(qkv);
+  auto d_dout = upload(dout);
+  cuda::DeviceBuffer<float> d_out(n_out), d_att(size_t(n_seq) * n_seq), d_dqkv(n_qkv);
+  attention_forward_cuda(d_out.data(), d_att.data(), d_qkv.data(), 1, n_seq, n_head, n_head, hs,
+                         stream_);
+  d_dqkv.zero(stream_);
+  attention_backward_cuda(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_att.data(), 1, n_seq,
+                          n_head, n_head, hs, stream_);
+  const auto out = download(d_out);
+  const auto dqkv = download(d_dqkv);
+  for (const int t : {0, n_seq / 2 + 3, n_seq - 1}) {
+    const AttentionRow r = attention_row(qkv, dout, d_model, 0, hs, t);
+    std::vector<float> att_row(n_seq);
+    LORA_CUDA_CHECK(cudaMemcpyAsync(att_row.data(), d_att.data() + size_t(t) * n_seq,
+                                    n_seq * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    LORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::vector<float> want_att(n_seq, 0.0f), want_out(hs), got_out(hs), want_dq(hs), got_dq(hs);
+    for (int u = 0; u <= t; ++u) want_att[u] = float(r.att[u]);
+    for (int d = 0; d < hs; ++d) {
+      want_out[d] = float(r.out[d]);
+      got_out[d] = out[size_t(t) * d_model + d];
+      want_dq[d] = float(r.dq[d]);
+      got_dq[d] = dqkv[size_t(t) * 3 * d_model + d];
+    }
+    const std::string row = " row " + std::to_string(t);
+    expect_close("att" + row, want_att, att_row, 1e-4, 1e-7);
+    expect_close("out" + row, want_out, got_out, 1e-4, 1e-5);
+    expect_close("dq" + row, want_dq, got_dq, 1e-3, 1e-5);
+  }
+  // Key row n_seq - 1: only query row n_seq - 1 attends to it, so with a = att[T-1, T-1] and
+  // ds = a (datt[T-1] - d_sum): dk = ds q_{T-1} / sqrt(hs) and dv = a dout_{T-1}.
+  const int t = n_seq - 1;
+  const AttentionRow r = attention_row(qkv, dout, d_model, 0, hs, t);
+  const double a = r.att[t], ds = a * (r.datt[t] - r.d_sum);
+  std::vector<float> want_dk(hs), got_dk(hs), want_dv(hs), got_dv(hs);
+  for (int d = 0; d < hs; ++d) {
+    want_dk[d] = float(ds * qkv[size_t(t) * 3 * d_model + d] / std::sqrt(double(hs)));
+    want_dv[d] = float(a * dout[size_t(t) * d_model + d]);
+    got_dk[d] = dqkv[size_t(t) * 3 * d_model + d_model + d];
+    got_dv[d] = dqkv[size_t(t) * 3 * d_model + 2 * d_model + d];
+  }
+  expect_close("dk last key row", want_dk, got_dk, 1e-3, 1e-6);
+  expect_close("dv last key row", want_dv, got_dv, 1e-4, 1e-7);
+}
+
+// The device's per-block limit counts the kernels' static shared memory (their reduction
+// scratch): a row whose dynamic part alone fills the limit exactly is refused, naming it.
+TEST_F(CudaOps, AttentionSharedMemoryLimitCountsStaticSharedMemory) {
+  int device = 0, optin = 0;
+  LORA_CUDA_CHECK(cudaGetDevice(&device));
+  LORA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int hs = 64;
+  const int n_seq = optin / int(sizeof(float)) - hs;  // (hs + n_seq) * 4 == optin
+  cuda::DeviceBuffer<float> tiny(16);  // never read: the launch is refused first
+  float* p = tiny.data();
+  try {
+    attention_forward_cuda(p, p, p, 1, n_seq, 1, 1, hs, stream_);
+    LORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    ADD_FAILURE() << "n_seq " << n_seq << " was launched although static + dynamic > " << optin;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("static"), std::string::npos) << e.what();
+  }
+  // 32 floats fewer fit (the forward kernel's static part is 32 floats): the check passes and
+  // only the launch itself is left, so it is not made here.
+}
+
+// The LM head and cross-entropy over Llama 3's vocabulary (128256) with more than 2^31 logits
+// (16800 rows): every offset must be computed in 64 bits. Spot checks against a double reference
+// on the rows around element 2^31 and the last row: logits, loss, in-place dlogits, and dx.
+TEST_F(CudaOps, LmHeadAndCrossEntropyBeyond2To31Logits) {
+  const int n = 16800, c = 64, vocab = 128256;
+  const size_t n_logits = size_t(n) * vocab;
+  ASSERT_GT(n_logits, size_t(1) << 31);
+  size_t free_bytes = 0, total_bytes = 0;
+  LORA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (free_bytes < n_logits * sizeof(float) + (size_t(1) << 30)) {
+    GTEST_SKIP() << "needs " << (n_logits * sizeof(float) >> 20) << " MiB of device memory, "
+                 << (free_bytes >> 20) << " MiB free";
+  }
+  const auto x = randn(size_t(n) * c, 120);
+  const auto e = randn(size_t(vocab) * c, 121, 0.3f);
+  const auto targets = random_ids(n, 122, vocab);
+  auto d_x = upload(x);
+  auto d_e = upload(e);
+  auto d_targets = upload(targets);
+  cuda::DeviceBuffer<float> d_logits(n_logits), d_losses(n), d_dx(size_t(n) * c);
+  lm_head_forward_cuda(d_logits.data(), d_x.data(), d_e.data(), n, c, vocab, stream_);
+  cross_entropy_forward_cuda(d_losses.data(), d_logits.data(), d_targets.data(), n, vocab, stream_);
+  const int boundary_row = int((size_t(1) << 31) / vocab);  // holds logit number 2^31
+  const std::vector<int> rows = {0, boundary_row, boundary_row + 1, n - 1};
+  auto row_of = [&](int i) {
+    std::vector<float> row(vocab);
+    LORA_CUDA_CHECK(cudaMemcpyAsync(row.data(), d_logits.data() + size_t(i) * vocab,
+                                    vocab * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    LORA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return row;
+  };
+  std::vector<std::vector<double>> want_logits;
+  for (const int i : rows) {
+    std::vector<double> ref(vocab);
+    std::vector<float> ref_f(vocab);
+    for (int j = 0; j < vocab; ++j) {
+      double dot = 0.0;
+      for (int k = 0; k < c; ++k) dot += double(x[size_t(i) * c + k]) * e[size_t(j) * c + k];
+      ref[j] = dot;
+      ref_f[j] = float(dot);
+    }
+    expect_close("logits row " + std::to_string(i), ref_f, row_of(i), 1e-4, 1e-4);
+    want_logits.push_back(std::move(ref));
+  }
+  const auto losses = download(d_losses);
+  size_t n_bad_losses = 0;
+  for (const float l : losses) n_bad_losses += !(std::isfinite(l) && l > 0.0f);
+  EXPECT_EQ(n_bad_losses, 0u) << "losses must be finite and positive";
+
+  const float dloss = 1.0f / n;
+  cross_entropy_backward_cuda(d_logits.data(), d_logits.data(), d_targets.data(), dloss, n, vocab,
+                              stream_);
+  d_dx.zero(stream_);
+  lm_head_backward_cuda(d_dx.data(), nullptr, d_logits.data(), d_x.data(), d_e.data(), n, c, vocab,
+                        stream_);
+  const auto dx = download(d_dx);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const int i = rows[r];
+    const std::vector<double>& z = want_logits[r];
+    double m = -INFINITY, sum = 0.0;
+    for (const double v : z) m = std::max(m, v);
+    for (const double v : z) sum += std::exp(v - m);
+    const double lse = m + std::log(sum);
+    const std::string tag = " row " + std::to_string(i);
+    EXPECT_NEAR(losses[i], lse - z[targets[i]], 1e-4 * (lse - z[targets[i]])) << "loss" << tag;
+    std::vector<float> want_d(vocab);
+    std::vector<double> want_dx(c, 0.0);
+    for (int j = 0; j < vocab; ++j) {
+      const double d = (std::exp(z[j] - lse) - (j == targets[i] ? 1.0 : 0.0)) * dloss;
+      want_d[j] = float(d);
+      for (int k = 0; k < c; ++k) want_dx[k] += d * e[size_t(j) * c + k];
+    }
+    expect_close("dlogits" + tag, want_d, row_of(i), 1e-3, 1e-12);
+    std::vector<float> want_dx_f(c), got_dx(c);
+    double dx_max = 0.0;
+    for (int k = 0; k < c; ++k) dx_max = std::max(dx_max, std::fabs(want_dx[k]));
+    for (int k = 0; k < c; ++k) {
+      want_dx_f[k] = float(want_dx[k]);
+      got_dx[k] = dx[size_t(i) * c + k];
+    }
+    expect_close("dx" + tag, want_dx_f, got_dx, 1e-3, 1e-4 * dx_max);
+  }
+}
 
 TEST_F(CudaOps, Gelu) {
   const size_t n = 5000;
@@ -504,9 +726,10 @@ TEST_F(CudaOps, Lora) {
   auto d_b = upload(b);
   auto d_y = upload(y);
   cuda::DeviceBuffer<float> d_h(h.size());
-  lora_forward_cpu(y.data(), h.data(), x.data(), a.data(), b.data(), scaling, n, d_in, rank, d_out);
+  lora_forward_cpu(y.data(), h.data(), x.data(), a.data(), b.data(), scaling, n, d_in, rank, d_out,
+                   d_out);
   lora_forward_cuda(d_y.data(), d_h.data(), d_x.data(), d_a.data(), d_b.data(), scaling, n, d_in,
-                    rank, d_out, stream_);
+                    rank, d_out, d_out, stream_);
   expect_close("lora y", y, download(d_y), 1e-4, 1e-4);
   expect_close("lora h", h, download(d_h), 1e-4, 1e-5);
 
@@ -522,9 +745,10 @@ TEST_F(CudaOps, Lora) {
   cuda::DeviceBuffer<float> d_dh(dh.size());
   auto d_h_cpu = upload(h);
   lora_backward_cpu(dx.data(), da.data(), db.data(), dh.data(), dy.data(), x.data(), h.data(),
-                    a.data(), b.data(), scaling, n, d_in, rank, d_out);
+                    a.data(), b.data(), scaling, n, d_in, rank, d_out, d_out);
   lora_backward_cuda(d_dx.data(), d_da.data(), d_db.data(), d_dh.data(), d_dy.data(), d_x.data(),
-                     d_h_cpu.data(), d_a.data(), d_b.data(), scaling, n, d_in, rank, d_out, stream_);
+                     d_h_cpu.data(), d_a.data(), d_b.data(), scaling, n, d_in, rank, d_out, d_out,
+                     stream_);
   expect_close("lora dx", dx, download(d_dx), 1e-4, 1e-4);
   expect_close("lora dA", da, download(d_da), 1e-4, 1e-4);
   expect_close("lora dB", db, download(d_db), 1e-4, 1e-4);
@@ -532,9 +756,10 @@ TEST_F(CudaOps, Lora) {
 
   // No input gradient, no dA: dB and dh only.
   lora_backward_cpu(nullptr, nullptr, db.data(), dh.data(), dy.data(), x.data(), h.data(), a.data(),
-                    b.data(), scaling, n, d_in, rank, d_out);
+                    b.data(), scaling, n, d_in, rank, d_out, d_out);
   lora_backward_cuda(nullptr, nullptr, d_db.data(), d_dh.data(), d_dy.data(), d_x.data(),
-                     d_h_cpu.data(), d_a.data(), d_b.data(), scaling, n, d_in, rank, d_out, stream_);
+                     d_h_cpu.data(), d_a.data(), d_b.data(), scaling, n, d_in, rank, d_out, d_out,
+                     stream_);
   expect_close("lora dB (second pass)", db, download(d_db), 1e-4, 1e-4);
   expect_close("lora dA untouched", da, download(d_da), 1e-4, 1e-4);
 }
@@ -564,7 +789,7 @@ TEST_F(CudaOps, AdamWSumSquaresScale) {
   const auto g = randn(n, 110);
   auto d_g = upload(g);
   cuda::DeviceBuffer<double> d_sum(1);
-  d_sum.zero();
+  d_sum.zero(stream_);
   sum_squares_cuda(d_sum.data(), d_g.data(), n, stream_);
   const double expected = sum_squares_cpu(g.data(), n);
   const double got = download(d_sum)[0];
@@ -588,15 +813,56 @@ TEST_F(CudaOps, DeviceBufferMovesOwnership) {
   EXPECT_EQ(a.data(), nullptr);
   EXPECT_EQ(a.size(), 0u);
   const std::vector<float> values(16, 2.5f);
-  b.copy_from_host(values.data());
+  b.copy_from_host(values.data(), stream_);
   std::vector<float> back(16);
-  b.copy_to_host(back.data());
+  b.copy_to_host(back.data(), stream_);
   EXPECT_EQ(back, values);
+}
+
+// The stream is held for a while by a host function; work queued on it behind that function runs
+// only afterwards. A copy or fill that went to the legacy default stream instead would not wait
+// for this non-blocking stream and would land first.
+void CUDART_CB hold_stream(void* milliseconds) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(*static_cast<const int*>(milliseconds)));
+}
+
+TEST_F(CudaOps, DeviceBufferCopiesAndZeroingFollowTheCallersStream) {
+  static const int kHoldMs = 200;
+  const size_t n = 1 << 20;
+  const std::vector<float> ones(n, 1.0f);
+  float pattern = 0.0f;
+  const uint32_t pattern_bits = 0x3f3f3f3fu;  // each float after cudaMemset with byte 0x3f
+  std::memcpy(&pattern, &pattern_bits, sizeof(pattern));
+  cuda::DeviceBuffer<float> buf(n);
+  std::vector<float> back(n);
+
+  // Reading: the copy to the host must wait for the fill queued before it.
+  buf.copy_from_host(ones.data(), stream_);
+  LORA_CUDA_CHECK(cudaLaunchHostFunc(stream_, hold_stream, const_cast<int*>(&kHoldMs)));
+  LORA_CUDA_CHECK(cudaMemsetAsync(buf.data(), 0x3f, buf.size_bytes(), stream_));
+  buf.copy_to_host(back.data(), stream_);
+  EXPECT_EQ(back, std::vector<float>(n, pattern)) << "copy_to_host ran before earlier work";
+
+  // Zeroing: lands after the fill queued before it.
+  LORA_CUDA_CHECK(cudaLaunchHostFunc(stream_, hold_stream, const_cast<int*>(&kHoldMs)));
+  LORA_CUDA_CHECK(cudaMemsetAsync(buf.data(), 0x3f, buf.size_bytes(), stream_));
+  buf.zero(stream_);
+  buf.copy_to_host(back.data(), stream_);
+  EXPECT_EQ(back, std::vector<float>(n, 0.0f)) << "zero ran before earlier work";
+
+  // Writing: the upload lands after the fill queued before it.
+  LORA_CUDA_CHECK(cudaLaunchHostFunc(stream_, hold_stream, const_cast<int*>(&kHoldMs)));
+  LORA_CUDA_CHECK(cudaMemsetAsync(buf.data(), 0x3f, buf.size_bytes(), stream_));
+  buf.copy_from_host(ones.data(), stream_);
+  buf.copy_to_host(back.data(), stream_);
+  EXPECT_EQ(back, ones) << "copy_from_host ran before earlier work";
 }
 
 #else  // !LORA_WITH_CUDA
 
-TEST(CudaOps, BuiltWithoutCuda) { GTEST_SKIP() << "built without CUDA"; }
+TEST(CudaOps, BuiltWithoutCuda) {
+  LORA_CUDA_SKIP_OR_FAIL(lora::testing::cuda_not_built_reason());
+}
 
 #endif  // LORA_WITH_CUDA
 

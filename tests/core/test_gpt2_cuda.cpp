@@ -1,4 +1,4 @@
-// The GPT-2 + LoRA model on the GPU against the CPU reference model (core/model/gpt2.h): the same
+// The GPT-2 + LoRA model on the GPU against the CPU reference model (core/model/transformer.h): the same
 // base and adapters uploaded to both give the same loss (1e-4 relative), logits (1e-4 abs + rel)
 // and trainable gradients (1e-3 relative, with an absolute floor of 1e-4 of the tensor's largest
 // gradient for entries that cancel to almost nothing), in lora mode (all four targets, rsLoRA,
@@ -8,12 +8,13 @@
 // the buffer, and are final when their event fires (a second stream copies each range after
 // waiting on the event, and the copy equals the final gradients); 50 AdamW steps on the device
 // track the CPU loss curve; lora mode allocates no base gradients and activations are sized as on
-// the CPU. Without a device every test skips with the reason.
+// the CPU. Without a device every test skips with the reason (fails under LORA_REQUIRE_CUDA=1).
 #include <gtest/gtest.h>
 
 #include <string>
 
 #include "core/cuda_runtime.h"
+#include "tests/common/cuda_device.h"
 
 #ifdef LORA_WITH_CUDA
 
@@ -27,7 +28,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/model/gpt2.h"
+#include "core/model/transformer.h"
 #include "core/model/gpt2_cuda.h"
 #include "core/ops/adamw.h"
 #include "core/optimizer.h"
@@ -36,7 +37,7 @@
 namespace lora {
 namespace {
 
-const ModelShape kShape{.vocab_size = 29, .max_seq_len = 12, .n_layer = 2, .n_head = 2, .d_model = 16};
+const ModelSpec kShape = family_spec("gpt2", ModelSpec{.vocab_size = 29, .max_seq_len = 12, .n_layer = 2, .n_head = 2, .d_model = 16});
 constexpr int kB = 2, kT = 8;
 
 struct Batch {
@@ -130,10 +131,10 @@ std::vector<float> logits_of(const Gpt2CudaModel& m, int n_batch, int n_seq) {
 
 // A CPU lora-mode model with a random base (times base_scale) and adapters initialised per spec
 // (times lora_scale), and a GPU model holding the same values.
-void make_lora_pair(const LoraSpec& spec, cudaStream_t stream, std::unique_ptr<Gpt2Model>& cpu,
+void make_lora_pair(const LoraSpec& spec, cudaStream_t stream, std::unique_ptr<TransformerModel>& cpu,
                     std::unique_ptr<Gpt2CudaModel>& gpu, float base_scale = 1.0f,
                     float lora_scale = 0.3f) {
-  cpu = std::make_unique<Gpt2Model>(kShape, TrainMode::kLora, spec);
+  cpu = std::make_unique<TransformerModel>(kShape, TrainMode::kLora, spec);
   cpu->init_base_random(3);
   for (size_t i = 0; i < cpu->n_base_params(); ++i) cpu->base_params()[i] *= base_scale;
   cpu->init_lora(5);
@@ -144,14 +145,13 @@ void make_lora_pair(const LoraSpec& spec, cudaStream_t stream, std::unique_ptr<G
 }
 
 TEST(Gpt2Cuda, LoraModeMatchesTheCpuModel) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   LoraSpec spec = all_targets_spec();
   spec.rslora = true;
   spec.dropout = 0.2f;
   spec.init_b = LoraInitB::kGaussian;  // B != 0, so dA and the adapters' effect are non-trivial
-  std::unique_ptr<Gpt2Model> cpu;
+  std::unique_ptr<TransformerModel> cpu;
   std::unique_ptr<Gpt2CudaModel> gpu;
   make_lora_pair(spec, stream.get(), cpu, gpu);
   const Batch b = make_batch(17);
@@ -186,18 +186,17 @@ TEST(Gpt2Cuda, LoraModeMatchesTheCpuModel) {
   ASSERT_EQ(g.size(), cpu->n_trainable());
   const float* want = cpu->trainable_grads();
   for (const LoraModule& m : cpu->lora_layout()->modules()) {
-    EXPECT_GT(max_abs(want + m.a_offset, m.n_a()), 0.0) << m.name();
-    EXPECT_GT(max_abs(want + m.b_offset, m.n_b()), 0.0) << m.name();
-    EXPECT_TRUE(grads_close(g.data() + m.a_offset, want + m.a_offset, m.n_a(), m.name() + ".A"));
-    EXPECT_TRUE(grads_close(g.data() + m.b_offset, want + m.b_offset, m.n_b(), m.name() + ".B"));
+    EXPECT_GT(max_abs(want + m.a_offset, m.n_a()), 0.0) << m.name;
+    EXPECT_GT(max_abs(want + m.b_offset, m.n_b()), 0.0) << m.name;
+    EXPECT_TRUE(grads_close(g.data() + m.a_offset, want + m.a_offset, m.n_a(), m.name + ".A"));
+    EXPECT_TRUE(grads_close(g.data() + m.b_offset, want + m.b_offset, m.n_b(), m.name + ".B"));
   }
 }
 
 TEST(Gpt2Cuda, FullModeMatchesTheCpuModelForEveryParameter) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
-  Gpt2Model cpu(kShape, TrainMode::kFull, std::nullopt);
+  TransformerModel cpu(kShape, TrainMode::kFull, std::nullopt);
   cpu.init_base_random(3);
   // LayerNorm weights 1 and biases 0 are special points; perturb all so each tensor is generic.
   for (size_t i = 0; i < cpu.n_base_params(); ++i) {
@@ -230,13 +229,12 @@ TEST(Gpt2Cuda, FullModeMatchesTheCpuModelForEveryParameter) {
 }
 
 TEST(Gpt2Cuda, ZeroBGivesTheBaseLogits) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   Gpt2CudaModel base(kShape, TrainMode::kFull, std::nullopt, stream.get());
   Gpt2CudaModel adapted(kShape, TrainMode::kLora, all_targets_spec(), stream.get());
   std::vector<float> weights(base.n_base_params());
-  init_gpt2_params(base.base_layout(), weights.data(), 3);
+  init_base_params(base.base_layout(), weights.data(), 3);
   base.upload_base(weights.data());
   adapted.upload_base(weights.data());
   std::vector<float> adapters(adapted.n_lora_params());
@@ -254,7 +252,7 @@ TEST(Gpt2Cuda, ZeroBGivesTheBaseLogits) {
   EXPECT_NEAR(l1, l0, 1e-6 * std::fabs(l0));
 
   // The same base on the CPU gives the same logits (cuBLAS against OpenBLAS).
-  Gpt2Model cpu(kShape, TrainMode::kFull, std::nullopt);
+  TransformerModel cpu(kShape, TrainMode::kFull, std::nullopt);
   std::copy(weights.begin(), weights.end(), cpu.base_params());
   cpu.forward(b.tokens.data(), b.targets.data(), kB, kT);
   EXPECT_TRUE(all_close(base_logits.data(), cpu.logits(), n_logits, 1e-4, 1e-4, "cpu logits"));
@@ -276,8 +274,7 @@ TEST(Gpt2Cuda, ZeroBGivesTheBaseLogits) {
 }
 
 TEST(Gpt2Cuda, ReadyRangesAreDescendingContiguousAndFinalAtTheirEvent) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   Stream comm;
   for (TrainMode mode : {TrainMode::kLora, TrainMode::kFull}) {
@@ -289,7 +286,7 @@ TEST(Gpt2Cuda, ReadyRangesAreDescendingContiguousAndFinalAtTheirEvent) {
     }
     Gpt2CudaModel model(kShape, mode, spec, stream.get());
     std::vector<float> weights(model.n_base_params());
-    init_gpt2_params(model.base_layout(), weights.data(), 3);
+    init_base_params(model.base_layout(), weights.data(), 3);
     model.upload_base(weights.data());
     if (spec) {
       std::vector<float> adapters(model.n_lora_params());
@@ -340,12 +337,11 @@ TEST(Gpt2Cuda, ReadyRangesAreDescendingContiguousAndFinalAtTheirEvent) {
 }
 
 TEST(Gpt2Cuda, FiftyAdamWStepsTrackTheCpuLossCurve) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   LoraSpec spec = all_targets_spec();
   spec.dropout = 0.1f;
-  std::unique_ptr<Gpt2Model> cpu;
+  std::unique_ptr<TransformerModel> cpu;
   std::unique_ptr<Gpt2CudaModel> gpu;
   // A larger base (so the adapters have something to steer) and adapters as initialised (B = 0).
   make_lora_pair(spec, stream.get(), cpu, gpu, /*base_scale=*/4.0f, /*lora_scale=*/1.0f);
@@ -396,8 +392,7 @@ TEST(Gpt2Cuda, FiftyAdamWStepsTrackTheCpuLossCurve) {
 }
 
 TEST(Gpt2Cuda, MemoryLoraModeHasNoBaseGradientsAndActivationsMatchTheCpu) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   for (float dropout : {0.0f, 0.1f}) {
     LoraSpec spec = all_targets_spec();
@@ -405,7 +400,7 @@ TEST(Gpt2Cuda, MemoryLoraModeHasNoBaseGradientsAndActivationsMatchTheCpu) {
     Gpt2CudaModel gpu(kShape, TrainMode::kLora, spec, stream.get());
     EXPECT_EQ(gpu.n_trainable(), gpu.n_lora_params());
     EXPECT_EQ(gpu.device_bytes(), (gpu.n_base_params() + 2 * gpu.n_lora_params()) * sizeof(float));
-    Gpt2Model cpu(kShape, TrainMode::kLora, spec);
+    TransformerModel cpu(kShape, TrainMode::kLora, spec);
     const Batch b = make_batch(3);
     cpu.forward(b.tokens.data(), b.targets.data(), kB, kT);
     gpu.forward(b.tokens.data(), b.targets.data(), kB, kT);
@@ -420,12 +415,11 @@ TEST(Gpt2Cuda, MemoryLoraModeHasNoBaseGradientsAndActivationsMatchTheCpu) {
 }
 
 TEST(Gpt2Cuda, UploadsRoundTripShapesChangeAndBadInputThrows) {
-  std::string why;
-  if (!lora::cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  LORA_CUDA_DEVICE_OR_SKIP();
   Stream stream;
   LoraSpec spec = all_targets_spec();
   spec.init_b = LoraInitB::kGaussian;
-  std::unique_ptr<Gpt2Model> cpu;
+  std::unique_ptr<TransformerModel> cpu;
   std::unique_ptr<Gpt2CudaModel> gpu;
   make_lora_pair(spec, stream.get(), cpu, gpu);
   std::vector<float> base(gpu->n_base_params()), adapters(gpu->n_lora_params());
@@ -469,6 +463,8 @@ TEST(Gpt2Cuda, UploadsRoundTripShapesChangeAndBadInputThrows) {
 
 #else  // !LORA_WITH_CUDA
 
-TEST(Gpt2Cuda, BuiltWithoutCuda) { GTEST_SKIP() << "built without CUDA"; }
+TEST(Gpt2Cuda, BuiltWithoutCuda) {
+  LORA_CUDA_SKIP_OR_FAIL(lora::testing::cuda_not_built_reason());
+}
 
 #endif  // LORA_WITH_CUDA

@@ -25,6 +25,9 @@
 #include "core/ops/lora.h"
 #include "core/ops/matmul.h"
 #include "core/ops/residual.h"
+#include "core/ops/rmsnorm.h"
+#include "core/ops/rope.h"
+#include "core/ops/swiglu.h"
 #include "core/rng.h"
 
 namespace lora::ops {
@@ -371,33 +374,56 @@ TEST(LmHeadOp, BackwardAccumulatesAndSkipsNull) {
 // ---------------------------------------------------------------------------------------------
 // Attention
 
+// Multi-head (n_kv_head = n_head, GPT-2's q | k | v layout) by default; the GQA case shares each
+// key/value head among n_head / n_kv_head query heads.
 struct AttentionCase {
-  int n_batch = 2, n_seq = 5, d_model = 8, n_head = 2;
-  std::vector<float> qkv = randn(static_cast<size_t>(n_batch) * n_seq * 3 * d_model, 40);
+  int n_batch = 2, n_seq = 5, n_head = 2, n_kv_head = 2, head_dim = 4;
+  int d_model = n_head * head_dim;  // width of the output
+  int ld = (n_head + 2 * n_kv_head) * head_dim;
+  std::vector<float> qkv = randn(static_cast<size_t>(n_batch) * n_seq * ld, 40);
   std::vector<float> w = randn(static_cast<size_t>(n_batch) * n_seq * d_model, 41);
   std::vector<float> out = std::vector<float>(w.size());
   std::vector<float> att = std::vector<float>(static_cast<size_t>(n_batch) * n_head * n_seq * n_seq);
 
+  static AttentionCase gqa() {
+    AttentionCase a;
+    a.n_head = 4;
+    a.n_kv_head = 2;
+    a.head_dim = 4;
+    a.n_seq = 6;
+    a.d_model = a.n_head * a.head_dim;
+    a.ld = (a.n_head + 2 * a.n_kv_head) * a.head_dim;
+    a.qkv = randn(static_cast<size_t>(a.n_batch) * a.n_seq * a.ld, 42);
+    a.w = randn(static_cast<size_t>(a.n_batch) * a.n_seq * a.d_model, 43);
+    a.out.assign(a.w.size(), 0.0f);
+    a.att.assign(static_cast<size_t>(a.n_batch) * a.n_head * a.n_seq * a.n_seq, 0.0f);
+    return a;
+  }
+
   double objective() {
-    attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, d_model, n_head);
+    attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, n_head, n_kv_head,
+                          head_dim);
     return weighted_sum(out, w);
   }
   void backward(float* dqkv) {
     objective();
-    attention_backward_cpu(dqkv, w.data(), qkv.data(), att.data(), n_batch, n_seq, d_model,
-                           n_head);
+    attention_backward_cpu(dqkv, w.data(), qkv.data(), att.data(), n_batch, n_seq, n_head,
+                           n_kv_head, head_dim);
   }
 };
 
-TEST(AttentionOp, ForwardMatchesNaiveReference) {
-  AttentionCase a;
+void expect_attention_matches_naive(AttentionCase& a) {
   a.objective();
-  const int hs = a.d_model / a.n_head, C = a.d_model, T = a.n_seq;
+  const int hs = a.head_dim, C = a.d_model, T = a.n_seq, group = a.n_head / a.n_kv_head;
   for (int b = 0; b < a.n_batch; ++b) {
     for (int h = 0; h < a.n_head; ++h) {
       for (int t = 0; t < T; ++t) {
+        // which: 0 = q (head h), 1 = k, 2 = v (head h / group).
         auto at = [&](int pos, int which, int d) {
-          return double(a.qkv[(b * T + pos) * 3 * C + which * C + h * hs + d]);
+          const int col = which == 0 ? h * hs
+                          : which == 1 ? (a.n_head + h / group) * hs
+                                       : (a.n_head + a.n_kv_head + h / group) * hs;
+          return double(a.qkv[(b * T + pos) * a.ld + col + d]);
         };
         std::vector<double> p(t + 1);
         double mx = -1e300, sum = 0.0;
@@ -425,11 +451,28 @@ TEST(AttentionOp, ForwardMatchesNaiveReference) {
   }
 }
 
+TEST(AttentionOp, ForwardMatchesNaiveReference) {
+  AttentionCase a;
+  expect_attention_matches_naive(a);
+}
+
+TEST(AttentionOp, GroupedQueryForwardMatchesNaiveReference) {
+  AttentionCase a = AttentionCase::gqa();
+  expect_attention_matches_naive(a);
+}
+
 TEST(AttentionOp, GradientsMatchFiniteDifferences) {
   AttentionCase a;
   std::vector<float> dqkv(a.qkv.size(), 0.0f);
   a.backward(dqkv.data());
   check_gradient("attention dqkv", a.qkv, dqkv, [&] { return a.objective(); });
+}
+
+TEST(AttentionOp, GroupedQueryGradientsMatchFiniteDifferences) {
+  AttentionCase a = AttentionCase::gqa();
+  std::vector<float> dqkv(a.qkv.size(), 0.0f);
+  a.backward(dqkv.data());
+  check_gradient("gqa attention dqkv", a.qkv, dqkv, [&] { return a.objective(); });
 }
 
 TEST(AttentionOp, BackwardAccumulates) {
@@ -447,7 +490,7 @@ TEST(AttentionOp, IsCausal) {
   const std::vector<float> before = a.out;
   // Change the key and value of position 3 in batch 0.
   const int t_changed = 3, C = a.d_model, T = a.n_seq;
-  for (int j = C; j < 3 * C; ++j) a.qkv[t_changed * 3 * C + j] += 1.0f;
+  for (int j = C; j < 3 * C; ++j) a.qkv[t_changed * a.ld + j] += 1.0f;
   a.objective();
   for (int t = 0; t < T; ++t) {
     bool changed = false;
@@ -465,10 +508,10 @@ TEST(AttentionOp, IsCausal) {
 TEST(AttentionOp, RejectsBadShapes) {
   AttentionCase a;
   EXPECT_THROW(attention_forward_cpu(a.out.data(), a.att.data(), a.qkv.data(), a.n_batch, a.n_seq,
-                                     a.d_model, 3),
-               lora::Error);
+                                     a.n_head, 3, a.head_dim),
+               lora::Error);  // 3 key/value heads cannot share 2 query heads
   EXPECT_THROW(attention_forward_cpu(a.out.data(), nullptr, a.qkv.data(), a.n_batch, a.n_seq,
-                                     a.d_model, a.n_head),
+                                     a.n_head, a.n_kv_head, a.head_dim),
                lora::Error);
 }
 
@@ -579,9 +622,34 @@ TEST(CrossEntropyOp, RejectsBadTargets) {
   std::vector<int32_t> targets{0, 3};
   EXPECT_THROW(cross_entropy_forward_cpu(losses.data(), logits.data(), targets.data(), 2, 3),
                lora::Error);
-  targets[1] = -1;
+  targets[1] = 7;
   EXPECT_THROW(cross_entropy_backward_cpu(logits.data(), logits.data(), targets.data(), 1.0f, 2, 3),
                lora::Error);
+}
+
+TEST(CrossEntropyOp, NegativeTargetsMaskTheirRows) {
+  const int n = 3, vocab = 4;
+  std::vector<float> logits = randn(static_cast<size_t>(n) * vocab, 60, 2.0f);
+  std::vector<int32_t> targets{2, kIgnoreTarget, 0};
+  std::vector<float> losses(n, 5.0f), dlogits(logits.size(), 5.0f);
+  cross_entropy_forward_cpu(losses.data(), logits.data(), targets.data(), n, vocab);
+  EXPECT_EQ(losses[1], 0.0f);
+  EXPECT_GT(losses[0], 0.0f);
+  cross_entropy_backward_cpu(dlogits.data(), logits.data(), targets.data(), 1.0f, n, vocab);
+  for (int j = 0; j < vocab; ++j) EXPECT_EQ(dlogits[vocab + j], 0.0f);
+  // The unmasked rows are what they are without the masked one.
+  std::vector<float> two(logits.begin(), logits.begin() + vocab);
+  two.insert(two.end(), logits.begin() + 2 * vocab, logits.end());
+  std::vector<int32_t> t2{2, 0};
+  std::vector<float> l2(2), d2(two.size());
+  cross_entropy_forward_cpu(l2.data(), two.data(), t2.data(), 2, vocab);
+  cross_entropy_backward_cpu(d2.data(), two.data(), t2.data(), 1.0f, 2, vocab);
+  EXPECT_EQ(l2[0], losses[0]);
+  EXPECT_EQ(l2[1], losses[2]);
+  for (int j = 0; j < vocab; ++j) {
+    EXPECT_EQ(d2[j], dlogits[j]);
+    EXPECT_EQ(d2[vocab + j], dlogits[2 * vocab + j]);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -601,14 +669,14 @@ struct LoraCase {
   double objective() {
     y = base;
     lora_forward_cpu(y.data(), h.data(), x.data(), a.data(), b.data(), scaling, n, d_in, rank,
-                     d_out);
+                     d_out, d_out);
     return weighted_sum(y, w);
   }
   std::vector<float> backward(float* dx, float* da, float* db) {
     objective();
     std::vector<float> dh(h.size(), 99.0f);  // scratch, overwritten
     lora_backward_cpu(dx, da, db, dh.data(), w.data(), x.data(), h.data(), a.data(), b.data(),
-                      scaling, n, d_in, rank, d_out);
+                      scaling, n, d_in, rank, d_out, d_out);
     return dh;
   }
 };
@@ -664,6 +732,47 @@ TEST(LoraOp, ZeroBGivesZeroDaAndNonZeroDb) {
   l.backward(dx.data(), da.data(), db.data());
   for (float v : db) EXPECT_EQ(v, 0.0f);
   for (float v : da) EXPECT_EQ(v, 0.0f);
+}
+
+// An adapter adding into a column range of a wider product (q_proj's columns of the fused q/k/v
+// output): with row stride ldy it touches exactly its columns, and its gradients equal those of the
+// same adapter on a product of its own width.
+TEST(LoraOp, ColumnRangeOfAWiderProduct) {
+  LoraCase l;
+  const int ld = l.d_out + 5, col = 2;
+  std::vector<float> wide = randn(static_cast<size_t>(l.n) * ld, 85);
+  const std::vector<float> before = wide;
+  std::vector<float> h(l.h.size());
+  lora_forward_cpu(wide.data() + col, h.data(), l.x.data(), l.a.data(), l.b.data(), l.scaling, l.n,
+                   l.d_in, l.rank, l.d_out, ld);
+  l.base.assign(l.base.size(), 0.0f);
+  l.objective();  // y = the update alone
+  for (int i = 0; i < l.n; ++i) {
+    for (int j = 0; j < ld; ++j) {
+      const float w0 = before[i * ld + j];
+      if (j < col || j >= col + l.d_out) {
+        EXPECT_EQ(wide[i * ld + j], w0) << "column " << j << " outside the range changed";
+      } else {
+        EXPECT_NEAR(wide[i * ld + j], w0 + l.y[i * l.d_out + j - col], 1e-5);
+      }
+    }
+  }
+  std::vector<float> g_wide(static_cast<size_t>(l.n) * ld, 0.0f);
+  for (int i = 0; i < l.n; ++i)
+    for (int j = 0; j < l.d_out; ++j) g_wide[i * ld + col + j] = l.w[i * l.d_out + j];
+  std::vector<float> dx1(l.x.size(), 0.0f), da1(l.a.size(), 0.0f), db1(l.b.size(), 0.0f);
+  l.backward(dx1.data(), da1.data(), db1.data());
+  std::vector<float> dx2(l.x.size(), 0.0f), da2(l.a.size(), 0.0f), db2(l.b.size(), 0.0f),
+      dh(l.h.size());
+  lora_backward_cpu(dx2.data(), da2.data(), db2.data(), dh.data(), g_wide.data() + col,
+                    l.x.data(), h.data(), l.a.data(), l.b.data(), l.scaling, l.n, l.d_in, l.rank,
+                    l.d_out, ld);
+  expect_all_near(dx2, dx1, 1e-6, "lora dx with ldy");
+  expect_all_near(da2, da1, 1e-6, "lora dA with ldy");
+  expect_all_near(db2, db1, 1e-6, "lora dB with ldy");
+  EXPECT_THROW(lora_forward_cpu(wide.data(), h.data(), l.x.data(), l.a.data(), l.b.data(),
+                                l.scaling, l.n, l.d_in, l.rank, l.d_out, l.d_out - 1),
+               lora::Error);
 }
 
 TEST(LoraOp, BackwardAccumulatesAndSkipsNull) {
@@ -806,6 +915,223 @@ namespace lora::ops {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
+// nn.Linear orientation
+
+TEST(LinearOp, EqualsMatmulWithTheTransposedWeight) {
+  const int n = 5, d_in = 6, d_out = 4;
+  std::vector<float> x = randn(static_cast<size_t>(n) * d_in, 120);
+  std::vector<float> w = randn(static_cast<size_t>(d_out) * d_in, 121);  // [out, in]
+  std::vector<float> bias = randn(d_out, 122);
+  std::vector<float> wt(w.size());
+  for (int o = 0; o < d_out; ++o)
+    for (int i = 0; i < d_in; ++i) wt[i * d_out + o] = w[o * d_in + i];
+  std::vector<float> y1(static_cast<size_t>(n) * d_out), y2(y1.size());
+  linear_forward_cpu(y1.data(), x.data(), w.data(), bias.data(), n, d_in, d_out);
+  matmul_forward_cpu(y2.data(), x.data(), wt.data(), bias.data(), n, d_in, d_out);
+  expect_all_near(y1, y2, 1e-6, "linear vs matmul");
+  std::vector<float> g = randn(y1.size(), 123);
+  std::vector<float> dx1(x.size(), 0.0f), dx2(x.size(), 0.0f), dw(w.size(), 0.0f),
+      dwt(w.size(), 0.0f), db1(d_out, 0.0f), db2(d_out, 0.0f);
+  linear_backward_cpu(dx1.data(), dw.data(), db1.data(), g.data(), x.data(), w.data(), n, d_in,
+                      d_out);
+  matmul_backward_cpu(dx2.data(), dwt.data(), db2.data(), g.data(), x.data(), wt.data(), n, d_in,
+                      d_out);
+  expect_all_near(dx1, dx2, 1e-6, "linear dx");
+  expect_all_near(db1, db2, 1e-6, "linear dbias");
+  for (int o = 0; o < d_out; ++o)
+    for (int i = 0; i < d_in; ++i)
+      EXPECT_NEAR(dw[o * d_in + i], dwt[i * d_out + o], 1e-5) << "dw[" << o << ", " << i << "]";
+}
+
+TEST(LinearOp, GradientsMatchFiniteDifferences) {
+  const int n = 4, d_in = 5, d_out = 3;
+  std::vector<float> x = randn(static_cast<size_t>(n) * d_in, 124);
+  std::vector<float> w = randn(static_cast<size_t>(d_out) * d_in, 125);
+  std::vector<float> bias = randn(d_out, 126);
+  std::vector<float> g = randn(static_cast<size_t>(n) * d_out, 127);
+  std::vector<float> y(g.size());
+  auto objective = [&] {
+    linear_forward_cpu(y.data(), x.data(), w.data(), bias.data(), n, d_in, d_out);
+    return weighted_sum(y, g);
+  };
+  std::vector<float> dx(x.size(), 0.0f), dw(w.size(), 0.0f), db(d_out, 0.0f);
+  linear_backward_cpu(dx.data(), dw.data(), db.data(), g.data(), x.data(), w.data(), n, d_in, d_out);
+  check_gradient("linear dx", x, dx, objective);
+  check_gradient("linear dw", w, dw, objective);
+  check_gradient("linear dbias", bias, db, objective);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+TEST(RmsNormOp, ForwardMatchesDefinition) {
+  const int n = 3, c = 7;
+  const float eps = 1e-6f;
+  std::vector<float> x = randn(static_cast<size_t>(n) * c, 130, 2.0f, 0.5f);
+  std::vector<float> w = randn(c, 131, 0.3f, 1.0f);
+  std::vector<float> y(x.size()), rstd(n);
+  rmsnorm_forward_cpu(y.data(), rstd.data(), x.data(), w.data(), eps, n, c);
+  for (int i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int j = 0; j < c; ++j) ss += double(x[i * c + j]) * x[i * c + j];
+    const double r = 1.0 / std::sqrt(ss / c + eps);
+    EXPECT_NEAR(rstd[i], r, 1e-6 * r);
+    for (int j = 0; j < c; ++j) EXPECT_NEAR(y[i * c + j], w[j] * x[i * c + j] * r, 1e-5);
+  }
+}
+
+TEST(RmsNormOp, GradientsMatchFiniteDifferencesAndAccumulate) {
+  const int n = 4, c = 6;
+  std::vector<float> x = randn(static_cast<size_t>(n) * c, 132, 1.5f, 0.2f);
+  std::vector<float> w = randn(c, 133, 0.3f, 1.0f);
+  std::vector<float> g = randn(x.size(), 134);
+  std::vector<float> y(x.size()), rstd(n);
+  auto objective = [&] {
+    rmsnorm_forward_cpu(y.data(), rstd.data(), x.data(), w.data(), 1e-5f, n, c);
+    return weighted_sum(y, g);
+  };
+  objective();
+  std::vector<float> dx(x.size(), 0.0f), dw(c, 0.0f);
+  rmsnorm_backward_cpu(dx.data(), dw.data(), g.data(), x.data(), w.data(), rstd.data(), n, c);
+  check_gradient("rmsnorm dx", x, dx, objective, 1e-2f, 1e-2, 1e-3);
+  check_gradient("rmsnorm dweight", w, dw, objective, 1e-2f, 1e-2, 1e-3);
+  objective();
+  const std::vector<float> dx1 = dx, dw1 = dw;
+  rmsnorm_backward_cpu(dx.data(), dw.data(), g.data(), x.data(), w.data(), rstd.data(), n, c);
+  expect_all_near(dx, doubled(dx1), 1e-6, "rmsnorm dx twice");
+  expect_all_near(dw, doubled(dw1), 1e-6, "rmsnorm dweight twice");
+  std::vector<float> dx_only(x.size(), 0.0f);
+  rmsnorm_backward_cpu(dx_only.data(), nullptr, g.data(), x.data(), w.data(), rstd.data(), n, c);
+  expect_all_near(dx_only, dx1, 1e-6, "rmsnorm dx without dweight");
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE
+
+struct RopeCase {
+  int n_batch = 2, n_seq = 6, n_head = 2, n_kv_head = 1, head_dim = 8;
+  int ld = (n_head + 2 * n_kv_head) * head_dim;
+  std::vector<float> inv = rope_inv_freq(head_dim, 100.0f);
+  std::vector<float> cos, sin;
+  RopeCase() { rope_tables(inv, 16, cos, sin); }
+};
+
+TEST(RopeOp, ForwardRotatesHalvesOfQueryAndKeyHeadsOnly) {
+  RopeCase r;
+  std::vector<float> x = randn(static_cast<size_t>(r.n_batch) * r.n_seq * r.ld, 140);
+  std::vector<float> y = x;
+  rope_forward_cpu(y.data(), r.cos.data(), r.sin.data(), r.n_batch, r.n_seq, r.n_head,
+                   r.n_kv_head, r.head_dim);
+  const int half = r.head_dim / 2;
+  for (int b = 0; b < r.n_batch; ++b) {
+    for (int t = 0; t < r.n_seq; ++t) {
+      const float* xr = x.data() + (static_cast<size_t>(b) * r.n_seq + t) * r.ld;
+      const float* yr = y.data() + (static_cast<size_t>(b) * r.n_seq + t) * r.ld;
+      for (int h = 0; h < r.n_head + r.n_kv_head; ++h) {
+        for (int i = 0; i < half; ++i) {
+          // theta^(-2i/d) in double, angle t * that: transformers' rotate_half convention.
+          const double a = t * std::pow(100.0, -2.0 * i / r.head_dim);
+          const double x1 = xr[h * r.head_dim + i], x2 = xr[h * r.head_dim + half + i];
+          EXPECT_NEAR(yr[h * r.head_dim + i], x1 * std::cos(a) - x2 * std::sin(a), 2e-5);
+          EXPECT_NEAR(yr[h * r.head_dim + half + i], x2 * std::cos(a) + x1 * std::sin(a), 2e-5);
+        }
+      }
+      // The value head is untouched.
+      for (int j = (r.n_head + r.n_kv_head) * r.head_dim; j < r.ld; ++j) EXPECT_EQ(yr[j], xr[j]);
+    }
+  }
+}
+
+TEST(RopeOp, BackwardIsTheTransposedRotation) {
+  RopeCase r;
+  std::vector<float> x = randn(static_cast<size_t>(r.n_batch) * r.n_seq * r.ld, 141);
+  std::vector<float> g = randn(x.size(), 142);
+  std::vector<float> y(x.size());
+  auto objective = [&] {
+    y = x;
+    rope_forward_cpu(y.data(), r.cos.data(), r.sin.data(), r.n_batch, r.n_seq, r.n_head,
+                     r.n_kv_head, r.head_dim);
+    return weighted_sum(y, g);
+  };
+  std::vector<float> dx = g;  // the gradient of y, rotated back in place
+  rope_backward_cpu(dx.data(), r.cos.data(), r.sin.data(), r.n_batch, r.n_seq, r.n_head,
+                    r.n_kv_head, r.head_dim);
+  check_gradient("rope dx", x, dx, objective);
+  // Rotating forward then backward is the identity (a rotation's transpose is its inverse).
+  std::vector<float> z = x;
+  rope_forward_cpu(z.data(), r.cos.data(), r.sin.data(), r.n_batch, r.n_seq, r.n_head,
+                   r.n_kv_head, r.head_dim);
+  rope_backward_cpu(z.data(), r.cos.data(), r.sin.data(), r.n_batch, r.n_seq, r.n_head,
+                    r.n_kv_head, r.head_dim);
+  expect_all_near(z, x, 1e-5, "rope round trip");
+}
+
+// Llama-3.1's rule, worked in double from its definition: wavelengths longer than
+// original_max / low_freq_factor are divided by factor, shorter than original_max /
+// high_freq_factor kept, and in between blended by (original_max / wavelen - low) / (high - low).
+TEST(RopeOp, Llama3ScalingMatchesItsDefinition) {
+  const int head_dim = 64;
+  const float theta = 500000.0f, factor = 8.0f, low = 1.0f, high = 4.0f;
+  const int orig = 8192;
+  std::vector<float> inv = rope_inv_freq(head_dim, theta);
+  const std::vector<float> plain = inv;
+  rope_scale_llama3(inv, factor, low, high, orig);
+  int n_scaled = 0, n_kept = 0, n_blended = 0;
+  for (size_t i = 0; i < inv.size(); ++i) {
+    const double f = plain[i], wavelen = 2 * M_PI / f;
+    double want;
+    if (wavelen < orig / high) {
+      want = f;
+      ++n_kept;
+    } else if (wavelen > orig / low) {
+      want = f / factor;
+      ++n_scaled;
+    } else {
+      const double smooth = (orig / wavelen - low) / (high - low);
+      want = (1 - smooth) * f / factor + smooth * f;
+      ++n_blended;
+    }
+    EXPECT_NEAR(inv[i], want, 1e-6 * want) << "frequency " << i;
+  }
+  EXPECT_GT(n_scaled, 0);
+  EXPECT_GT(n_kept, 0);
+  EXPECT_GT(n_blended, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+TEST(SwigluOp, ForwardMatchesDefinition) {
+  const int n = 3, f = 5;
+  std::vector<float> gu = randn(static_cast<size_t>(n) * 2 * f, 150, 3.0f);
+  std::vector<float> out(static_cast<size_t>(n) * f);
+  swiglu_forward_cpu(out.data(), gu.data(), n, f);
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < f; ++j) {
+      const double g = gu[i * 2 * f + j], u = gu[i * 2 * f + f + j];
+      EXPECT_NEAR(out[i * f + j], g / (1 + std::exp(-g)) * u, 1e-5 * (1 + std::fabs(g * u)));
+    }
+  }
+}
+
+TEST(SwigluOp, GradientsMatchFiniteDifferencesAndAccumulate) {
+  const int n = 4, f = 6;
+  std::vector<float> gu = randn(static_cast<size_t>(n) * 2 * f, 151, 2.0f);
+  std::vector<float> g = randn(static_cast<size_t>(n) * f, 152);
+  std::vector<float> out(g.size());
+  auto objective = [&] {
+    swiglu_forward_cpu(out.data(), gu.data(), n, f);
+    return weighted_sum(out, g);
+  };
+  std::vector<float> d(gu.size(), 0.0f);
+  swiglu_backward_cpu(d.data(), g.data(), gu.data(), n, f);
+  check_gradient("swiglu d_gate_up", gu, d, objective);
+  const std::vector<float> once = d;
+  swiglu_backward_cpu(d.data(), g.data(), gu.data(), n, f);
+  expect_all_near(d, doubled(once), 1e-6, "swiglu twice");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Shapes past the OpenMP thresholds and with several column blocks, checked on sampled elements.
 
 TEST(LargerShapes, LayerNormEmbeddingMatmulBias) {
@@ -863,14 +1189,15 @@ TEST(LargerShapes, AttentionCrossEntropyGelu) {
   std::vector<float> qkv = randn(static_cast<size_t>(n_batch) * n_seq * 3 * d_model, 110);
   std::vector<float> w = randn(static_cast<size_t>(n_batch) * n_seq * d_model, 111);
   std::vector<float> out(w.size()), att(static_cast<size_t>(n_batch) * n_head * n_seq * n_seq);
+  const int hd = d_model / n_head;
   auto att_objective = [&] {
-    attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, d_model, n_head);
+    attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, n_head, n_head, hd);
     return weighted_sum(out, w);
   };
   att_objective();
   std::vector<float> dqkv(qkv.size(), 0.0f);
-  attention_backward_cpu(dqkv.data(), w.data(), qkv.data(), att.data(), n_batch, n_seq, d_model,
-                         n_head);
+  attention_backward_cpu(dqkv.data(), w.data(), qkv.data(), att.data(), n_batch, n_seq, n_head,
+                         n_head, hd);
   check_gradient("large attention dqkv", qkv, dqkv, att_objective, 1e-2f, 1e-2, 1e-3, 120);
 
   const int n = 40, vocab = 1000;

@@ -1,4 +1,4 @@
-// safetensors reading and writing, F16/BF16 conversion, the GPT-2 weight binding, every kind of
+// safetensors reading and writing, F16/BF16 conversion, the GPT-2 weight binding (hf_model.h), every kind of
 // malformed file (InputError naming the file and the problem), and a cross-check with files
 // written and read by an independent Python implementation (struct + json + numpy).
 #include <gtest/gtest.h>
@@ -11,11 +11,13 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
-#include "core/model/gpt2_layout.h"
+#include "core/model/base_layout.h"
+#include "core/model/hf_model.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 
@@ -456,26 +458,78 @@ TEST_F(SafetensorsTest, CorruptedHeaderBytesGiveInputErrorsOnly) {
   EXPECT_GT(n_rejected, 0u);
 }
 
+// ---- integrity CRC (files written here) ----
+
+TEST_F(SafetensorsTest, FilesWrittenHereCarryAVerifiedCrc) {
+  const std::string file = path("crc.safetensors");
+  const std::vector<float> a = {1, 2, 3, 4}, b = {5, 6};
+  // A caller's own "lora.crc64" is replaced by the real one.
+  write_safetensors(file, {{"a", {2, 2}, a.data()}, {"b", {2}, b.data()}},
+                    {{"format", "pt"}, {"lora.crc64", "not a crc"}});
+  const std::string bytes = read_all(file);
+  {
+    SafetensorsFile f(file);
+    EXPECT_TRUE(f.crc_verified());
+    EXPECT_EQ(f.metadata(), (std::map<std::string, std::string>{{"format", "pt"}}));
+  }
+  const size_t key_at = bytes.find("\"lora.crc64\":\"");
+  ASSERT_NE(key_at, std::string::npos);
+  auto damaged = [&](size_t at, char c) {
+    std::string d = bytes;
+    d[at] = c;
+    write_bytes(file, d);
+  };
+  // A tensor byte, a padding space, a metadata value: no structural check sees these.
+  damaged(bytes.size() - 1, static_cast<char>(bytes.back() ^ 1));
+  expect_open_error(file, {"CRC-64 mismatch", "the file is damaged"});
+  size_t header_end = 0;
+  for (int i = 7; i >= 0; --i) header_end = (header_end << 8) | static_cast<uint8_t>(bytes[i]);
+  header_end += 8;
+  ASSERT_EQ(bytes[header_end - 1], ' ') << "expected space padding before the data";
+  damaged(header_end - 1, '\t');  // still valid JSON whitespace
+  expect_open_error(file, {"CRC-64 mismatch"});
+  damaged(bytes.find("\"pt\"") + 1, 'q');
+  expect_open_error(file, {"CRC-64 mismatch"});
+  // The stored value itself, and the key's name: a damaged key is not a missing one.
+  damaged(key_at + 14, bytes[key_at + 14] == 'a' ? 'b' : 'a');
+  expect_open_error(file, {"CRC-64 mismatch"});
+  damaged(key_at + 14, 'G');
+  expect_open_error(file, {"must be 16 lowercase hex digits"});
+  damaged(key_at + 3, 'X');
+  expect_open_error(file, {"\"loXa.crc64\" is not \"lora.crc64\" but resembles it"});
+  write_bytes(file, bytes);
+  EXPECT_NO_THROW(SafetensorsFile f(file));
+}
+
+TEST_F(SafetensorsTest, FilesWithoutACrcAreReadUnverified) {
+  const std::string file = path("plain.safetensors");
+  write_bytes(file, raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                             f32_bytes({1.5f})));
+  SafetensorsFile f(file);
+  EXPECT_FALSE(f.crc_verified());
+  EXPECT_EQ(f.read_f32("a"), std::vector<float>{1.5f});
+}
+
 // ---- GPT-2 binding ----
 
-ModelShape small_shape() {
-  ModelShape s;
+ModelSpec small_shape() {
+  ModelSpec s;
   s.vocab_size = 11;
   s.max_seq_len = 7;
   s.n_layer = 2;
   s.n_head = 2;
   s.d_model = 8;
-  return s;
+  return family_spec("gpt2", s);
 }
 
-std::vector<float> random_params(const Gpt2Layout& layout, uint64_t seed) {
+std::vector<float> random_params(const BaseLayout& layout, uint64_t seed) {
   std::vector<float> p(layout.n_params());
   for (size_t i = 0; i < p.size(); ++i) p[i] = normal01(seed, 7, i);
   return p;
 }
 
 // The layout's tensors as write_safetensors entries, with `prefix` before every name.
-std::vector<SafetensorsWriteTensor> layout_tensors(const Gpt2Layout& layout, const float* params,
+std::vector<SafetensorsWriteTensor> layout_tensors(const BaseLayout& layout, const float* params,
                                                    const std::string& prefix = "") {
   std::vector<SafetensorsWriteTensor> out;
   for (const TensorInfo& t : layout.tensors())
@@ -484,13 +538,13 @@ std::vector<SafetensorsWriteTensor> layout_tensors(const Gpt2Layout& layout, con
 }
 
 TEST_F(SafetensorsTest, Gpt2SaveLoadRoundTrip) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 123);
   const std::string file = path("gpt2.safetensors");
-  save_gpt2_weights(file, layout, params.data(), {{"source", "test"}});
+  save_base_weights(file, layout, params.data(), {{"source", "test"}});
 
   std::vector<float> loaded(layout.n_params(), std::nanf(""));
-  load_gpt2_weights(file, layout, loaded.data());
+  load_base_weights({file}, layout, loaded.data());
   for (size_t i = 0; i < params.size(); ++i) ASSERT_EQ(bits(loaded[i]), bits(params[i])) << i;
 
   SafetensorsFile f(file);
@@ -502,17 +556,17 @@ TEST_F(SafetensorsTest, Gpt2SaveLoadRoundTrip) {
   ASSERT_NE(fc, nullptr);
   EXPECT_EQ(fc->shape, (std::vector<int64_t>{8, 32}));  // Conv1D orientation [in, out]
 
-  const ModelShape s = infer_gpt2_shape(file);
+  const ModelSpec s = infer_gpt2_spec(file);
   EXPECT_EQ(s.vocab_size, 11);
   EXPECT_EQ(s.max_seq_len, 7);
   EXPECT_EQ(s.n_layer, 2);
   EXPECT_EQ(s.d_model, 8);
   EXPECT_EQ(s.n_head, 2);  // from __metadata__
-  EXPECT_NO_THROW(check_gpt2_shape(file, small_shape()));
+  EXPECT_NO_THROW(check_gpt2_weights_shape(file, small_shape()));
 }
 
 TEST_F(SafetensorsTest, Gpt2AcceptsTransformerPrefixAndIgnoresKnownExtras) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 5);
   // A file shaped like Hugging Face's GPT2LMHeadModel: prefixed names, mask buffers, lm_head,
   // no __metadata__ n_head.
@@ -531,34 +585,34 @@ TEST_F(SafetensorsTest, Gpt2AcceptsTransformerPrefixAndIgnoresKnownExtras) {
   write_safetensors(file, tensors, {{"format", "pt"}});
 
   std::vector<float> loaded(layout.n_params(), 0.0f);
-  load_gpt2_weights(file, layout, loaded.data());
+  load_base_weights({file}, layout, loaded.data());
   EXPECT_EQ(loaded, params);
 
-  const ModelShape s = infer_gpt2_shape(file, 4);
+  const ModelSpec s = infer_gpt2_spec(file, 4);
   EXPECT_EQ(s.n_layer, 2);
   EXPECT_EQ(s.d_model, 8);
   EXPECT_EQ(s.n_head, 4);  // not in the file: the caller's value
-  EXPECT_EQ(infer_gpt2_shape(file).n_head, 0);
+  EXPECT_EQ(infer_gpt2_spec(file).n_head, 0);
   // n_head unknown to the file: any n_head that divides d_model matches.
-  ModelShape other_heads = small_shape();
+  ModelSpec other_heads = small_shape();
   other_heads.n_head = 4;
-  EXPECT_NO_THROW(check_gpt2_shape(file, other_heads));
+  EXPECT_NO_THROW(check_gpt2_weights_shape(file, other_heads));
 }
 
 TEST_F(SafetensorsTest, Gpt2MissingTensor) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 1);
   std::vector<SafetensorsWriteTensor> tensors = layout_tensors(layout, params.data());
   std::erase_if(tensors, [](const auto& t) { return t.name == "h.1.mlp.c_fc.bias"; });
   const std::string file = path("missing.safetensors");
   write_safetensors(file, tensors);
   std::vector<float> loaded(layout.n_params());
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {file, "missing tensor 'h.1.mlp.c_fc.bias'", "expected shape [32]"});
 }
 
 TEST_F(SafetensorsTest, Gpt2WrongTensorShape) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 2);
   std::vector<SafetensorsWriteTensor> tensors = layout_tensors(layout, params.data());
   for (auto& t : tensors)
@@ -566,77 +620,77 @@ TEST_F(SafetensorsTest, Gpt2WrongTensorShape) {
   const std::string file = path("shape.safetensors");
   write_safetensors(file, tensors);
   std::vector<float> loaded(layout.n_params());
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {file, "tensor 'h.1.mlp.c_fc.weight': expected shape [8, 32], got [8, 16]"});
   // A transposed weight (PyTorch nn.Linear orientation) is caught the same way.
   for (auto& t : tensors)
     if (t.name == "h.1.mlp.c_fc.weight") t.shape = {32, 8};
   write_safetensors(file, tensors);
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {"expected shape [8, 32], got [32, 8]"});
 }
 
 TEST_F(SafetensorsTest, Gpt2UnexpectedTensor) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 3);
   std::vector<SafetensorsWriteTensor> tensors = layout_tensors(layout, params.data());
   tensors.push_back({"h.0.attn.rotary.weight", {8}, params.data()});
   const std::string file = path("extra.safetensors");
   write_safetensors(file, tensors);
   std::vector<float> loaded(layout.n_params());
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {file, "unexpected tensor 'h.0.attn.rotary.weight'"});
 }
 
 TEST_F(SafetensorsTest, Gpt2DuplicateAfterPrefix) {
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 4);
   std::vector<SafetensorsWriteTensor> tensors = layout_tensors(layout, params.data());
   tensors.push_back({"transformer.wte.weight", {11, 8}, params.data()});
   const std::string file = path("dup.safetensors");
   write_safetensors(file, tensors);
   std::vector<float> loaded(layout.n_params());
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {file, "'wte.weight' appears twice"});
 }
 
-TEST_F(SafetensorsTest, Gpt2ModelShapeMismatch) {
-  ModelShape bigger = small_shape();
+TEST_F(SafetensorsTest, Gpt2ModelSpecMismatch) {
+  ModelSpec bigger = small_shape();
   bigger.n_layer = 3;
   bigger.d_model = 12;
-  const Gpt2Layout file_layout(bigger);
+  const BaseLayout file_layout(bigger);
   const std::vector<float> params = random_params(file_layout, 9);
   const std::string file = path("bigger.safetensors");
-  save_gpt2_weights(file, file_layout, params.data());
+  save_base_weights(file, file_layout, params.data());
 
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   std::vector<float> loaded(layout.n_params());
-  expect_input_error([&] { load_gpt2_weights(file, layout, loaded.data()); },
+  expect_input_error([&] { load_base_weights({file}, layout, loaded.data()); },
                      {file, "model.n_layer: config says 2, weights file has 3",
                       "model.d_model: config says 8, weights file has 12"});
   // n_head recorded in the file's metadata is compared too.
-  ModelShape heads = bigger;
+  ModelSpec heads = bigger;
   heads.n_head = 3;
-  expect_input_error([&] { check_gpt2_shape(file, heads); },
+  expect_input_error([&] { check_gpt2_weights_shape(file, heads); },
                      {"model.n_head: config says 3, weights file has 2"});
-  EXPECT_NO_THROW(check_gpt2_shape(file, bigger));
+  EXPECT_NO_THROW(check_gpt2_weights_shape(file, bigger));
 }
 
 TEST_F(SafetensorsTest, Gpt2NotAGpt2File) {
   const std::vector<float> v = {1, 2};
   const std::string file = path("other.safetensors");
   write_safetensors(file, {{"model.embed_tokens.weight", {1, 2}, v.data()}});
-  expect_input_error([&] { infer_gpt2_shape(file); }, {file, "missing tensor 'wte.weight'"});
+  expect_input_error([&] { infer_gpt2_spec(file); }, {file, "missing tensor 'wte.weight'"});
   const std::vector<float> wte(11 * 8), wpe(7 * 8);
   write_safetensors(file,
                     {{"wte.weight", {11, 8}, wte.data()}, {"wpe.weight", {7, 8}, wpe.data()}});
-  expect_input_error([&] { infer_gpt2_shape(file); }, {file, "no block tensors"});
+  expect_input_error([&] { infer_gpt2_spec(file); }, {file, "no block tensors"});
   write_safetensors(file,
                     {{"wte.weight", {11, 8}, wte.data()},
                      {"wpe.weight", {7, 8}, wpe.data()},
                      {"h.0.ln_1.weight", {8}, wte.data()}},
                     {{"n_head", "two"}});
-  expect_input_error([&] { infer_gpt2_shape(file); },
+  expect_input_error([&] { infer_gpt2_spec(file); },
                      {file, "\"n_head\": expected a positive integer, got \"two\""});
 }
 
@@ -703,6 +757,24 @@ for name, info in header.items():  # json keeps file order = layout order
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
     pos = e
 assert pos == len(data) == 4 * raw.size, (pos, len(data), raw.size)
+# The integrity value: CRC-64/XZ of the file with its 16 digits replaced by '0' (safetensors.h).
+table = []
+for b in range(256):
+    r = b
+    for _ in range(8):
+        r = (r >> 1) ^ 0xC96C5795D7870F42 if r & 1 else r >> 1
+    table.append(r)
+def crc64(buf):
+    crc = 0xFFFFFFFFFFFFFFFF
+    for byte in buf:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFFFFFFFFFF
+stored = meta["lora.crc64"]
+key = b'"lora.crc64":"' + stored.encode() + b'"'
+at = blob.index(key) + len(key) - 17
+assert blob.count(key) == 1
+zeroed = blob[:at] + b"0" * 16 + blob[at + 16:]
+assert f"{crc64(zeroed):016x}" == stored, (stored, f"{crc64(zeroed):016x}")
 try:
     from safetensors.numpy import load_file
     loaded = load_file(path)
@@ -742,10 +814,10 @@ TEST_F(SafetensorsTest, ReadsFileWrittenByPython) {
 
 TEST_F(SafetensorsTest, PythonReadsGpt2FileWrittenHere) {
   if (!python_with_numpy()) GTEST_SKIP() << LORA_PYTHON << " with numpy is not available";
-  const Gpt2Layout layout(small_shape());
+  const BaseLayout layout(small_shape());
   const std::vector<float> params = random_params(layout, 77);
   const std::string file = path("ours.safetensors");
-  save_gpt2_weights(file, layout, params.data());
+  save_base_weights(file, layout, params.data());
   const std::string raw_file_path = path("params.f32");
   write_bytes(raw_file_path, f32_bytes(params));
   const std::string script = path("reader.py");

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <set>
 
-#include "core/model/gpt2_layout.h"
+#include "core/model/base_layout.h"
 #include "core/model/lora_layout.h"
 #include "tests/launch/harness.h"
 #include "trainer/checkpoint.h"
@@ -93,6 +93,27 @@ TEST_F(MultiRank, NRanksEqualOneRankWithTheSameGlobalBatch) {
   }
 }
 
+// The same on a Llama-family model (grouped-query attention, RoPE, SwiGLU, untied head) with every
+// linear adapted, LoRA dropout on and two micro-steps.
+TEST_F(MultiRank, LlamaNRanksEqualOneRankWithTheSameGlobalBatch) {
+  const std::string llama =
+      " --set model.arch=llama --set model.n_head=4 --set model.n_kv_head=2 --set model.d_ff=48"
+      " --set lora.targets=all-linear --set lora.dropout=0.1 --set train.grad_accum=2";
+  const std::string ref = train("llama_ref", 0, llama + " --set train.micro_batch=4");
+  const std::string dp = train("llama_dp", 2, llama + " --set train.micro_batch=2 --set comm.bucket_mb=0.002");
+  const auto ref_losses = read_losses(ref + "/metrics.jsonl"), losses = read_losses(dp + "/metrics.jsonl");
+  ASSERT_EQ(ref_losses.size(), 6u);
+  ASSERT_EQ(losses.size(), 6u);
+  for (const auto& [step, loss] : ref_losses)
+    EXPECT_NEAR(losses.at(step), loss, 1e-5 * std::max(1.0, std::fabs(loss))) << "step " << step;
+  const auto a = final_params(ref, 6), b = final_params(dp, 6);
+  ASSERT_EQ(a.size(), b.size());
+  double max_diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) max_diff = std::max(max_diff, double(std::fabs(a[i] - b[i])));
+  EXPECT_LT(max_diff, 1e-5);
+  EXPECT_EQ(read_checkpoint(dp + "/checkpoints/ckpt-6.h5").spec.arch, "llama");
+}
+
 double comm_bytes_per_step(const std::string& metrics) {
   std::ifstream f(metrics);
   std::string line;
@@ -102,14 +123,14 @@ double comm_bytes_per_step(const std::string& metrics) {
 }
 
 TEST_F(MultiRank, BytesPerStepAreFourTimesTheTrainableParameters) {
-  const ModelShape shape{.vocab_size = 256, .max_seq_len = 32, .n_layer = 2, .n_head = 2, .d_model = 32};
+  const ModelSpec shape = family_spec("gpt2", ModelSpec{.vocab_size = 256, .max_seq_len = 32, .n_layer = 2, .n_head = 2, .d_model = 32});
   LoraSpec spec;
   spec.rank = 4;
   spec.targets = {LoraTarget::kAttnQkv, LoraTarget::kAttnProj, LoraTarget::kMlpFc, LoraTarget::kMlpProj};
   const std::string lora_run = train("bytes_lora", 2, "--set train.steps=2");
   EXPECT_EQ(comm_bytes_per_step(lora_run + "/metrics.jsonl"), 4.0 * LoraLayout(shape, spec).n_params());
   const std::string full_run = train("bytes_full", 2, "--set train.steps=2 --set train.mode=full");
-  EXPECT_EQ(comm_bytes_per_step(full_run + "/metrics.jsonl"), 4.0 * Gpt2Layout(shape).n_params());
+  EXPECT_EQ(comm_bytes_per_step(full_run + "/metrics.jsonl"), 4.0 * BaseLayout(shape).n_params());
 }
 
 TEST_F(MultiRank, AFaultOnOneRankEndsTheJobQuickly) {

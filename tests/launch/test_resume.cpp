@@ -117,6 +117,64 @@ TEST_F(Resume, KillNineAndResumeIsBitIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(sa.tokens_seen, sb.tokens_seen);
 }
 
+// A checkpoint written before the model family existed (format version 1, by the lora binary of
+// that time; tests/data/checkpoints/v1) resumes with this binary, and steps 4-6 land bit for bit on
+// the adapters and AdamW moments that binary wrote at step 6 (dropout and gradient accumulation
+// on), so neither the model refactoring nor the masked-loss normalisation changed GPT-2's math.
+TEST_F(Resume, VersionOneCheckpointResumesToTheSameBits) {
+  const std::string data = std::string(LORA_TEST_DATA) + "/checkpoints/v1";
+  const std::string out = *dir_ / "v1";
+  fs::create_directories(out + "/checkpoints");
+  fs::copy_file(data + "/ckpt-3.h5", out + "/checkpoints/ckpt-3.h5");
+  auto r = run_command(testing::lora_bin() + " train " + data + "/config.yaml --set run.output_dir=" +
+                       out + " --resume auto");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resume: from " + out + "/checkpoints/ckpt-3.h5 at step 3"),
+            std::string::npos)
+      << r.output;
+  const CheckpointState want = read_checkpoint(data + "/ckpt-6.h5");
+  const CheckpointState got = read_checkpoint(out + "/checkpoints/ckpt-6.h5");
+  EXPECT_EQ(got.step, 6);
+  EXPECT_TRUE(bits_equal(want.params, got.params));
+  EXPECT_TRUE(bits_equal(want.adam_m, got.adam_m));
+  EXPECT_TRUE(bits_equal(want.adam_v, got.adam_v));
+  EXPECT_EQ(want.tokens_seen, got.tokens_seen);
+}
+
+// Exact resume on a Llama-family model under 2 ranks: 12 steps straight equal 6 steps, then a
+// resume that continues to 12 (constant learning rate, so the shorter first run has the same
+// schedule), bit for bit in adapters, moments and losses.
+TEST_F(Resume, LlamaStopAndResumeIsBitIdentical) {
+  const std::string llama =
+      "--set model.arch=llama --set model.n_head=4 --set model.n_kv_head=2 --set model.d_ff=96"
+      " --set lora.targets=all-linear --set train.schedule=constant --set train.warmup_steps=0"
+      " --set checkpoint.every=6 ";
+  const std::string straight = *dir_ / "llama_straight", split = *dir_ / "llama_split";
+  auto r = run_command(train_cmd(2, straight, llama + "--set train.steps=12"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_command(train_cmd(2, split, llama + "--set train.steps=6"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_command(train_cmd(2, split, llama + "--set train.steps=12 --resume auto"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("at step 6"), std::string::npos) << r.output;
+  const CheckpointState a = read_checkpoint(straight + "/checkpoints/ckpt-12.h5");
+  const CheckpointState b = read_checkpoint(split + "/checkpoints/ckpt-12.h5");
+  EXPECT_TRUE(bits_equal(a.params, b.params));
+  EXPECT_TRUE(bits_equal(a.adam_m, b.adam_m));
+  EXPECT_TRUE(bits_equal(a.adam_v, b.adam_v));
+  const auto la = read_losses(straight + "/metrics.jsonl"), lb = read_losses(split + "/metrics.jsonl");
+  ASSERT_EQ(la.size(), 12u);
+  ASSERT_EQ(lb.size(), 12u);
+  for (const auto& [step, loss] : la) EXPECT_EQ(lb.at(step), loss) << "step " << step;
+  // A checkpoint of the Llama model is refused by a GPT-2 config, saying why.
+  auto refused = run_command(train_cmd(0, split, "--set train.steps=12 --resume " + split +
+                                                     "/checkpoints/ckpt-12.h5"));
+  EXPECT_EQ(refused.exit_code, 2) << refused.output;
+  EXPECT_NE(refused.output.find("checkpoint model.arch is llama but the config gives gpt2"),
+            std::string::npos)
+      << refused.output;
+}
+
 TEST_F(Resume, ACheckpointFromTwoRanksContinuesAtOneAndFourRanks) {
   const std::string straight = *dir_ / "straight";
   auto r = run_command(train_cmd(2, straight, "--set train.micro_batch=2"));

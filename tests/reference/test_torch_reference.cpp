@@ -9,7 +9,8 @@
 #include <fstream>
 #include <string>
 
-#include "core/model/gpt2.h"
+#include "core/model/hf_model.h"
+#include "core/model/transformer.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 
@@ -41,14 +42,14 @@ class TorchReference : public ::testing::TestWithParam<Case> {};
 TEST_P(TorchReference, LossLogitsAndAdapterGradientsMatch) {
   if (!python_has_torch()) GTEST_SKIP() << "python3 with torch and numpy not found at " << LORA_PYTHON;
   const Case& c = GetParam();
-  ModelShape shape{.vocab_size = 61, .max_seq_len = 24, .n_layer = 2, .n_head = 4, .d_model = 32};
+  const ModelSpec shape = family_spec("gpt2", ModelSpec{.vocab_size = 61, .max_seq_len = 24, .n_layer = 2, .n_head = 4, .d_model = 32});
   LoraSpec spec;
   spec.rank = c.rank;
   spec.alpha = 8.0f;
   spec.rslora = c.rslora;
   spec.targets = c.targets;
   spec.init_b = LoraInitB::kGaussian;  // non-zero B so that dA is non-zero too
-  Gpt2Model model(shape, TrainMode::kLora, spec);
+  TransformerModel model(shape, TrainMode::kLora, spec);
   model.init_base_random(7);
   // Twice GPT-2's init scale so that every layer contributes visibly to the logits, while the
   // model stays well enough conditioned for float32 to agree with float64 to about 1e-5.
@@ -70,7 +71,7 @@ TEST_P(TorchReference, LossLogitsAndAdapterGradientsMatch) {
   const fs::path dir = fs::temp_directory_path() / ("lora_torch_ref_" + std::string(c.name) + "_" +
                                                     std::to_string(::getpid()));
   fs::create_directories(dir);
-  save_gpt2_weights((dir / "base.safetensors").string(), model.base_layout(), model.base_params());
+  save_base_weights((dir / "base.safetensors").string(), model.base_layout(), model.base_params());
   write_raw(dir / "tokens.i32", tokens.data(), tokens.size());
   write_raw(dir / "targets.i32", targets.data(), targets.size());
   write_raw(dir / "lora.f32", model.lora_params(), model.n_lora_params());
@@ -86,7 +87,7 @@ TEST_P(TorchReference, LossLogitsAndAdapterGradientsMatch) {
     const auto& mods = model.lora_layout()->modules();
     for (size_t i = 0; i < mods.size(); ++i) {
       const auto& m = mods[i];
-      j << (i ? ", " : "") << "{\"name\": \"" << m.name() << "\", \"d_in\": " << m.d_in
+      j << (i ? ", " : "") << "{\"name\": \"" << m.name << "\", \"d_in\": " << m.d_in
         << ", \"d_out\": " << m.d_out << ", \"rank\": " << m.rank << ", \"a_offset\": " << m.a_offset
         << ", \"b_offset\": " << m.b_offset << "}";
     }

@@ -20,6 +20,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include "core/error.h"
+#include "core/json.h"
+#include "core/model/hf_model.h"
 #include "trainer/config.h"
 
 namespace fs = std::filesystem;
@@ -117,16 +119,22 @@ const std::vector<BadCase> kBadCases = {
     {"bucket_mb_zero", 4, {"comm.bucket_mb: expected a number > 0, got 0"}},
     {"timeout_zero", 4, {"comm.timeout_s: expected a number > 0, got 0"}},
     {"overlap_string", 4, {"comm.overlap: expected true or false, got 'sometimes'"}},
-    {"arch_llama", 4, {"model.arch: expected one of gpt2, got 'llama'"}},
+    {"arch_bert", 4, {"model.arch: expected one of gpt2, llama, qwen2, mistral, got 'bert'"}},
     {"dtype_fp16", 4, {"model.dtype: expected one of fp32, bf16, got 'fp16'"}},
-    {"format_csv", 3, {"data.format: expected one of text, tokens, got 'csv'"}},
+    {"format_csv", 3, {"data.format: expected one of text, tokens, jsonl, got 'csv'"}},
+    {"jsonl_without_tokenizer", 3, {"data.tokenizer: required with data.format jsonl (a tokenizer.json or a model directory)"}},
+    {"template_alpaca", 3, {"data.template: expected one of none, chatml, llama3, got 'alpaca'"}},
+    {"tokenizer_missing", 3, {"data.tokenizer: file 'no_such_tokenizer.json' does not exist"}},
+    {"tokenizer_dir_without_json", 3, {"data.tokenizer: directory '", "' has no tokenizer.json"}},
+    {"pack_string", 3, {"data.pack: expected true or false, got 'sometimes'"}},
+    {"mask_prompt_number", 3, {"data.mask_prompt: expected true or false, got '1.5'"}},
     {"mode_qlora", 4, {"train.mode: expected one of lora, full, got 'qlora'"}},
     {"schedule_linear", 4, {"train.schedule: expected one of cosine, constant, got 'linear'"}},
     {"device_backend_tpu", 4, {"device.backend: expected one of auto, cpu, cuda, got 'tpu'"}},
     {"comm_backend_gloo", 4, {"comm.backend: expected one of auto, local, mpi, nccl, got 'gloo'"}},
     {"init_a_uniform", 4, {"lora.init.a: expected one of gaussian, kaiming, zeros, got 'uniform'"}},
     {"init_b_kaiming", 6, {"lora.init.b: expected one of zeros, gaussian, got 'kaiming'"}},
-    {"target_unknown", 6, {"lora.targets: unknown target 'attn.qq'", "expected one of: attn.qkv, attn.proj, mlp.fc, mlp.proj, or a Hugging Face alias: c_attn"}},
+    {"target_unknown", 6, {"lora.targets: unknown target 'attn.qq' for a gpt2 model", "expected one of: attn.qkv|c_attn|attn.c_attn|qkv, attn.proj|attn.c_proj|c_proj|o_proj, mlp.fc|c_fc|mlp.c_fc|fc, mlp.proj|mlp.c_proj, or all-linear"}},
     {"targets_empty", 4, {"lora.targets: expected at least one target"}},
     {"target_duplicate", 7, {"lora.targets: 'mlp.fc' is listed twice"}},
     {"target_duplicate_alias", 4, {"lora.targets: 'attn.qkv' is listed twice ('c_attn' and 'attn.qkv' both name attn.qkv)"}},
@@ -198,13 +206,13 @@ TEST(Config, DefaultsFillEveryKeyNotGiven) {
   EXPECT_EQ(c.run.name, d.run.name);
   EXPECT_EQ(c.run.output_dir, d.run.output_dir);
   EXPECT_EQ(c.run.seed, d.run.seed);
-  EXPECT_EQ(c.model.arch, "gpt2");
+  EXPECT_EQ(c.model.arch(), "gpt2");
   EXPECT_EQ(c.model.weights, "");
-  EXPECT_EQ(c.model.shape.vocab_size, d.model.shape.vocab_size);
-  EXPECT_EQ(c.model.shape.n_layer, d.model.shape.n_layer);
-  EXPECT_EQ(c.model.shape.n_head, d.model.shape.n_head);
-  EXPECT_EQ(c.model.shape.d_model, d.model.shape.d_model);
-  EXPECT_EQ(c.model.shape.max_seq_len, d.model.shape.max_seq_len);
+  EXPECT_EQ(c.model.spec.vocab_size, d.model.spec.vocab_size);
+  EXPECT_EQ(c.model.spec.n_layer, d.model.spec.n_layer);
+  EXPECT_EQ(c.model.spec.n_head, d.model.spec.n_head);
+  EXPECT_EQ(c.model.spec.d_model, d.model.spec.d_model);
+  EXPECT_EQ(c.model.spec.max_seq_len, d.model.spec.max_seq_len);
   EXPECT_EQ(c.model.dtype, "fp32");
   EXPECT_EQ(c.lora.rank, d.lora.rank);
   EXPECT_EQ(c.lora.alpha, d.lora.alpha);
@@ -314,13 +322,13 @@ TEST(Config, EveryFieldIsParsed) {
   EXPECT_EQ(c.run.name, "sweep-r16");
   EXPECT_EQ(c.run.output_dir, "out/sweep r16");  // stays relative to the working directory
   EXPECT_EQ(c.run.seed, 18446744073709551615ull);
-  EXPECT_EQ(c.model.arch, "gpt2");
+  EXPECT_EQ(c.model.arch(), "gpt2");
   EXPECT_EQ(c.model.weights, normal(cfg / "base/model.safetensors"));
-  EXPECT_EQ(c.model.shape.vocab_size, 50257);
-  EXPECT_EQ(c.model.shape.n_layer, 6);
-  EXPECT_EQ(c.model.shape.n_head, 6);
-  EXPECT_EQ(c.model.shape.d_model, 384);
-  EXPECT_EQ(c.model.shape.max_seq_len, 512);
+  EXPECT_EQ(c.model.spec.vocab_size, 50257);
+  EXPECT_EQ(c.model.spec.n_layer, 6);
+  EXPECT_EQ(c.model.spec.n_head, 6);
+  EXPECT_EQ(c.model.spec.d_model, 384);
+  EXPECT_EQ(c.model.spec.max_seq_len, 512);
   EXPECT_EQ(c.model.dtype, "bf16");
   EXPECT_EQ(c.lora.rank, 16);
   EXPECT_EQ(c.lora.alpha, 32.5f);
@@ -392,6 +400,137 @@ TEST(Config, HuggingFaceTargetAliases) {
         dir.write("c.yaml", "data: {train: t.txt}\nlora:\n  targets: " + a.yaml + "\n"));
     EXPECT_EQ(c.lora.targets, a.want);
   }
+}
+
+// The Llama family's Hugging Face module names, all-linear, and names of the other family refused.
+TEST(Config, LlamaFamilyTargets) {
+  TempDir dir;
+  dir.write("t.txt", "abc");
+  using T = lora::LoraTarget;
+  const std::string head = "data: {train: t.txt}\nmodel: {arch: llama, n_head: 4, n_kv_head: 2}\n";
+  auto targets = [&](const std::string& yaml) {
+    return lora::load_config(dir.write("c.yaml", head + "lora:\n  targets: " + yaml + "\n")).lora.targets;
+  };
+  EXPECT_EQ(targets("[q_proj, self_attn.v_proj, down_proj]"), (std::vector<T>{T::kQ, T::kV, T::kMlpProj}));
+  EXPECT_EQ(targets("all-linear"), (std::vector<T>{T::kQ, T::kK, T::kV, T::kAttnProj, T::kGate,
+                                                   T::kUp, T::kMlpProj}));
+  // The default for the Llama family: q_proj and v_proj.
+  EXPECT_EQ(lora::load_config(dir.write("d.yaml", head)).lora.targets, (std::vector<T>{T::kQ, T::kV}));
+  const std::string msg = input_error_of([&] { targets("[q_proj, c_attn]"); });
+  EXPECT_NE(msg.find("c.yaml:4: lora.targets: unknown target 'c_attn' for a llama model (expected "
+                     "one of: q_proj|self_attn.q_proj"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(input_error_of([&] { targets("[all-linear, q_proj]"); })
+                .find("'q_proj' is listed twice ('all-linear' and 'q_proj' both name q_proj)"),
+            std::string::npos);
+  EXPECT_NE(input_error_of([&] { targets("[q_proj, all-linear]"); })
+                .find("'all-linear' includes 'q_proj', which is listed too"),
+            std::string::npos);
+}
+
+// model.path: the spec comes from the directory's config.json; shape keys given in the YAML must
+// agree with it (the message names both values and the file).
+TEST(Config, ModelPathGivesTheSpecAndShapeKeysMustAgree) {
+  TempDir dir;
+  dir.write("t.txt", "abc");
+  lora::ModelSpec sizes;
+  sizes.vocab_size = 300;
+  sizes.max_seq_len = 64;
+  sizes.n_layer = 2;
+  sizes.n_head = 4;
+  sizes.n_kv_head = 2;
+  sizes.d_model = 32;
+  sizes.d_ff = 48;
+  const lora::ModelSpec spec = lora::family_spec("qwen2", sizes);
+  const lora::BaseLayout layout(spec);
+  std::vector<float> params(layout.n_params(), 0.5f);
+  lora::save_hf_model_dir((dir.path() / "hf").string(), layout, params.data(), lora::hf_config_for(spec));
+  const std::string config_json = normal(dir.path() / "hf/config.json");
+
+  const lora::Config c = lora::load_config(dir.write("c.yaml", "data: {train: t.txt}\nmodel: {path: hf}\n"));
+  EXPECT_EQ(c.model.path, normal(dir.path() / "hf"));
+  EXPECT_EQ(c.model.arch(), "qwen2");
+  EXPECT_EQ(c.model.spec.kv_heads(), 2);
+  EXPECT_EQ(c.model.spec.ff(), 48);
+  EXPECT_TRUE(c.model.spec.qkv_bias);
+  // Keys that agree are fine; the resolved YAML round-trips.
+  const lora::Config agree = lora::load_config(dir.write(
+      "a.yaml", "data: {train: t.txt}\nmodel: {path: hf, arch: qwen2, n_layer: 2, d_model: 32, d_ff: 48}\n"));
+  EXPECT_EQ(lora::spec_to_json(agree.model.spec), lora::spec_to_json(spec));
+  const lora::Config again = lora::parse_config(agree.resolved_yaml, (dir.path() / "r.yaml").string());
+  EXPECT_EQ(lora::spec_to_json(again.model.spec), lora::spec_to_json(spec));
+
+  auto error_of = [&](const std::string& model_yaml) {
+    return input_error_of([&] {
+      lora::load_config(dir.write("b.yaml", "data: {train: t.txt}\nmodel:\n  path: hf\n" + model_yaml));
+    });
+  };
+  std::string msg = error_of("  n_layer: 3\n");
+  EXPECT_NE(msg.find("b.yaml:4: model.n_layer: expected 2 as " + config_json +
+                     " says (num_hidden_layers), or no model.n_layer, got 3"),
+            std::string::npos)
+      << msg;
+  msg = error_of("  n_kv_head: 4\n");
+  EXPECT_NE(msg.find("model.n_kv_head: expected 2 as"), std::string::npos) << msg;
+  msg = error_of("  arch: llama\n");
+  EXPECT_NE(msg.find("model.arch: expected 'qwen2' as " + config_json), std::string::npos) << msg;
+  msg = error_of("  weights: x.safetensors\n");
+  EXPECT_NE(msg.find("model.weights: expected null when model.path is given"), std::string::npos) << msg;
+  msg = input_error_of([&] {
+    lora::load_config(dir.write("m.yaml", "data: {train: t.txt}\nmodel: {path: no_such_dir}\n"));
+  });
+  EXPECT_NE(msg.find("model.path: directory 'no_such_dir' does not exist"), std::string::npos) << msg;
+  // A directory without config.json names the file.
+  fs::create_directories(dir.path() / "empty");
+  msg = input_error_of([&] {
+    lora::load_config(dir.write("e.yaml", "data: {train: t.txt}\nmodel: {path: empty}\n"));
+  });
+  EXPECT_NE(msg.find(normal(dir.path() / "empty/config.json") + ": missing"), std::string::npos) << msg;
+}
+
+// Every config shipped in configs/ parses, with its data files and model directory replaced by
+// stand-ins (their real targets are downloads or outputs of another run).
+TEST(Config, ShippedConfigsParse) {
+  TempDir dir;
+  const std::string text = dir.write("t.txt", std::string(4096, 'a'));
+  const std::string shard = (dir.path() / "t.bin").string();
+  {
+    std::ofstream f(shard, std::ios::binary);
+    int32_t header[256] = {20240520, 1, 4096};
+    f.write(reinterpret_cast<const char*>(header), sizeof header);
+    const std::vector<uint16_t> tokens(4096, 7);
+    f.write(reinterpret_cast<const char*>(tokens.data()), tokens.size() * 2);
+  }
+  lora::ModelSpec sizes;
+  sizes.vocab_size = 49152;
+  sizes.max_seq_len = 2048;
+  sizes.n_layer = 2;
+  sizes.n_head = 9;
+  sizes.n_kv_head = 3;
+  sizes.d_model = 576;
+  sizes.d_ff = 1536;
+  lora::ModelSpec smol = lora::family_spec("llama", sizes);
+  smol.tied_embeddings = true;
+  const std::string hf_dir = (dir.path() / "hf").string();
+  fs::create_directories(hf_dir);
+  std::ofstream(hf_dir + "/config.json") << lora::json::dump(lora::hf_config_for(smol));
+  std::ofstream(hf_dir + "/model.safetensors") << "stand-in: the config does not open the weights";
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(LORA_SOURCE_DIR) / "configs")) {
+    const std::string name = e.path().filename().string();
+    if (e.path().extension() != ".yaml" || name.starts_with("sweep")) continue;
+    SCOPED_TRACE(name);
+    const YAML::Node y = YAML::LoadFile(e.path().string());
+    const bool tokens = y["data"] && y["data"]["format"] && y["data"]["format"].as<std::string>() == "tokens";
+    std::vector<std::string> sets = {"data.train=" + (tokens ? shard : text),
+                                     "data.val=" + (tokens ? shard : text)};
+    if (y["model"] && y["model"]["path"]) sets.push_back("model.path=" + hf_dir);
+    if (y["model"] && y["model"]["weights"]) sets.push_back("model.weights=null");
+    EXPECT_NO_THROW(lora::load_config(e.path().string(), sets));
+    ++n;
+  }
+  EXPECT_GE(n, 4);
 }
 
 TEST(Config, RankMustFitOnlyInLoraMode) {
@@ -521,13 +660,14 @@ void expect_same_config(const lora::Config& a, const lora::Config& b) {
   EXPECT_EQ(a.run.name, b.run.name);
   EXPECT_EQ(a.run.output_dir, b.run.output_dir);
   EXPECT_EQ(a.run.seed, b.run.seed);
-  EXPECT_EQ(a.model.arch, b.model.arch);
+  EXPECT_EQ(spec_to_json(a.model.spec), spec_to_json(b.model.spec));
+  EXPECT_EQ(a.model.path, b.model.path);
   EXPECT_EQ(a.model.weights, b.model.weights);
-  EXPECT_EQ(a.model.shape.vocab_size, b.model.shape.vocab_size);
-  EXPECT_EQ(a.model.shape.n_layer, b.model.shape.n_layer);
-  EXPECT_EQ(a.model.shape.n_head, b.model.shape.n_head);
-  EXPECT_EQ(a.model.shape.d_model, b.model.shape.d_model);
-  EXPECT_EQ(a.model.shape.max_seq_len, b.model.shape.max_seq_len);
+  EXPECT_EQ(a.model.spec.vocab_size, b.model.spec.vocab_size);
+  EXPECT_EQ(a.model.spec.n_layer, b.model.spec.n_layer);
+  EXPECT_EQ(a.model.spec.n_head, b.model.spec.n_head);
+  EXPECT_EQ(a.model.spec.d_model, b.model.spec.d_model);
+  EXPECT_EQ(a.model.spec.max_seq_len, b.model.spec.max_seq_len);
   EXPECT_EQ(a.model.dtype, b.model.dtype);
   EXPECT_EQ(a.lora.rank, b.lora.rank);
   EXPECT_EQ(a.lora.alpha, b.lora.alpha);
@@ -599,7 +739,7 @@ TEST(ConfigResolvedYaml, HoldsEveryKeyWithItsFinalValue) {
       {"run", {"name", "output_dir", "seed"}},
       {"model", {"arch", "weights", "vocab_size", "n_layer", "n_head", "d_model", "max_seq_len", "dtype"}},
       {"lora", {"rank", "alpha", "dropout", "rslora", "targets", "init"}},
-      {"data", {"train", "val", "format", "seq_len"}},
+      {"data", {"train", "val", "format", "seq_len", "tokenizer", "template", "mask_prompt", "pack"}},
       {"train", {"mode", "micro_batch", "grad_accum", "steps", "lr", "warmup_steps", "schedule",
                  "min_lr", "weight_decay", "grad_clip", "eval_every", "eval_batches", "log_every"}},
       {"checkpoint", {"dir", "every", "keep"}},

@@ -1,0 +1,41 @@
+// RMSNorm over the last dimension (the Llama family's norm):
+//   rstd[i] = 1 / sqrt(mean_j x[i, j]^2 + eps);   y[i, j] = x[i, j] * rstd[i] * weight[j]
+// Backward, with u = weight * dy (per row):
+//   dx[i, k]     += rstd[i] * (u[k] - x[i, k] * rstd[i]^2 * mean_j(u[j] x[i, j]))
+//   dweight[j]   += sum_i dy[i, j] x[i, j] rstd[i]          (dweight may be null: frozen)
+// Shapes: x, y, dx, dy [n, c]; weight [c]; rstd [n] (saved for backward).
+// CPU only so far.
+#pragma once
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace lora::ops {
+
+void rmsnorm_forward_cpu(float* y, float* rstd, const float* x, const float* weight, float eps,
+                         int n, int c);
+void rmsnorm_backward_cpu(float* dx, float* dweight, const float* dy, const float* x,
+                          const float* weight, const float* rstd, int n, int c);
+
+namespace detail {
+
+inline void check_rmsnorm_forward_args(const float* y, const float* rstd, const float* x,
+                                       const float* weight, float eps, int n, int c) {
+  LORA_CHECK(y != nullptr && rstd != nullptr && x != nullptr && weight != nullptr,
+             "y, rstd, x, weight must not be null");
+  LORA_CHECK(n > 0 && c > 0, "sizes must be positive: n=", n, " c=", c);
+  LORA_CHECK(std::isfinite(eps) && eps > 0, "eps must be positive, got ", eps);
+}
+
+inline void check_rmsnorm_backward_args(const float* dx, const float* dy, const float* x,
+                                        const float* weight, const float* rstd, int n, int c) {
+  LORA_CHECK(dx != nullptr && dy != nullptr && x != nullptr && weight != nullptr &&
+                 rstd != nullptr,
+             "dx, dy, x, weight, rstd must not be null");
+  LORA_CHECK(n > 0 && c > 0, "sizes must be positive: n=", n, " c=", c);
+}
+
+}  // namespace detail
+
+}  // namespace lora::ops

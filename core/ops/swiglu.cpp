@@ -1,0 +1,50 @@
+// SwiGLU on the CPU: rows in parallel, columns vectorised (sigmoid through the vectorisable
+// exp_approx of vec_math.h).
+#include "core/ops/swiglu.h"
+
+#include <cstddef>
+
+#include "core/ops/vec_math.h"
+
+namespace lora::ops {
+namespace {
+
+inline float sigmoid(float g) { return 1.0f / (1.0f + detail::exp_approx(-g)); }
+
+}  // namespace
+
+void swiglu_forward_cpu(float* out, const float* gate_up, int n, int f) {
+  LORA_CHECK(out != nullptr && gate_up != nullptr, "out and gate_up must not be null");
+  detail::check_swiglu_sizes(n, f);
+#pragma omp parallel for schedule(static) if (static_cast<long>(n) * f > 32768)
+  for (int i = 0; i < n; ++i) {
+    const float* g = gate_up + static_cast<size_t>(i) * 2 * f;
+    const float* u = g + f;
+    float* o = out + static_cast<size_t>(i) * f;
+#pragma omp simd
+    for (int j = 0; j < f; ++j) o[j] = g[j] * sigmoid(g[j]) * u[j];
+  }
+}
+
+void swiglu_backward_cpu(float* d_gate_up, const float* dout, const float* gate_up, int n, int f) {
+  LORA_CHECK(d_gate_up != nullptr && dout != nullptr && gate_up != nullptr,
+             "d_gate_up, dout, gate_up must not be null");
+  detail::check_swiglu_sizes(n, f);
+#pragma omp parallel for schedule(static) if (static_cast<long>(n) * f > 32768)
+  for (int i = 0; i < n; ++i) {
+    const float* g = gate_up + static_cast<size_t>(i) * 2 * f;
+    const float* u = g + f;
+    const float* d = dout + static_cast<size_t>(i) * f;
+    float* dg = d_gate_up + static_cast<size_t>(i) * 2 * f;
+    float* du = dg + f;
+#pragma omp simd
+    for (int j = 0; j < f; ++j) {
+      const float s = sigmoid(g[j]);
+      const float silu = g[j] * s;
+      dg[j] += d[j] * u[j] * s * (1.0f + g[j] * (1.0f - s));
+      du[j] += d[j] * silu;
+    }
+  }
+}
+
+}  // namespace lora::ops

@@ -40,7 +40,8 @@ std::unique_ptr<Model> model_for_inference(const Config& cfg, const std::string&
 
 int run_train(World& world, const TrainArgs& args) {
   const Config cfg = load_config(args.config, args.overrides);
-  comm::Communicator& comm = world.communicator(cfg.comm.backend);
+  comm::Communicator& comm =
+      world.communicator(cfg.comm.backend, World::timeout_of(cfg.comm.timeout_s));
   TrainOptions opts;
   if (args.resume == "auto") {
     opts.resume = ResumeMode::kAuto;
@@ -82,7 +83,8 @@ int run_eval(World& world, const std::string& config, const std::vector<std::str
              const std::string& adapter) {
   const Config cfg = load_config(config, overrides);
   LORA_INPUT_CHECK(!cfg.data.val.empty(), config, ": data.val: `lora eval` needs validation data");
-  comm::Communicator& comm = world.communicator(cfg.comm.backend);
+  comm::Communicator& comm =
+      world.communicator(cfg.comm.backend, World::timeout_of(cfg.comm.timeout_s));
   auto model = model_for_inference(cfg, adapter);
   const TokenStream val = load_token_stream(cfg, cfg.data.val, &comm);
   const double loss = evaluate(*model, val, cfg, comm);

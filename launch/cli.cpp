@@ -38,7 +38,7 @@ commands:
                          train adapters (or the whole model with train.mode: full)
   eval CONFIG.yaml [--adapter CKPT.h5] [--set ...]
                          loss and perplexity on the validation data
-  generate CONFIG.yaml --prompt TEXT [--adapter CKPT.h5] [--tokens N] [--temperature T]
+  generate CONFIG.yaml --prompt TEXT [--chat] [--adapter CKPT.h5] [--tokens N] [--temperature T]
                          continue a prompt (greedy, or sampled when T > 0)
   inspect CKPT.h5        what a checkpoint holds
   sweep SWEEP.yaml [--ranks-per-run N] [--only I] [--list] [--emit-slurm FILE]
@@ -95,6 +95,9 @@ options:
   --tokens N             how many tokens to generate (default 200)
   --temperature T        0 for greedy decoding (default), > 0 to sample from softmax(logits / T)
   --seed S               sampling seed (default 0)
+  --chat                 TEXT is a user message: render it with data.template (chatml, llama3,
+                         or none) as training does, generate the assistant's reply until EOS or
+                         the template's end of turn, and print the reply alone
   --set key.path=value   override a config value (repeatable)
   -h, --help             this text
 )";
@@ -186,6 +189,7 @@ struct Args {
   std::string adapter;
   std::string prompt;
   bool has_prompt = false;
+  bool chat = false;
   int tokens = 200;
   float temperature = 0.0f;
   uint64_t seed = 0;
@@ -249,6 +253,7 @@ Args parse_args(int argc, char** argv) {
     else if (is("--resume")) a.resume = value("--resume");
     else if (is("--adapter")) a.adapter = value("--adapter");
     else if (is("--prompt")) { a.prompt = value("--prompt"); a.has_prompt = true; }
+    else if (s == "--chat") a.chat = true;
     else if (is("--tokens")) a.tokens = static_cast<int>(parse_long("--tokens", value("--tokens")));
     else if (is("--temperature")) a.temperature = parse_float("--temperature", value("--temperature"));
     else if (is("--seed")) a.seed = static_cast<uint64_t>(parse_long("--seed", value("--seed")));
@@ -381,7 +386,7 @@ int cli_main(int argc, char** argv) {
     if (args.command == "eval") return run_eval(*world, args.config, args.overrides, args.adapter);
     if (!args.has_prompt) throw InputError("lora generate: --prompt TEXT is required");
     GenerateArgs ga{args.config, args.overrides, args.adapter, args.prompt, args.tokens,
-                    args.temperature, args.seed};
+                    args.temperature, args.seed, args.chat};
     return run_generate(*world, ga);
   } catch (const InputError& e) {
     return fail(2, e.what());

@@ -112,7 +112,19 @@ int run_generate(World& world, const GenerateArgs& args) {
   const bool text = !tokenizer && cfg.data.format == DataFormat::kText;
 
   std::vector<int32_t> context;
-  if (tokenizer) {
+  std::vector<int32_t> stop_ids;
+  if (tokenizer) stop_ids.push_back(tokenizer->eos_id());
+  LORA_INPUT_CHECK(!args.chat || tokenizer, args.config,
+                   ": --chat needs a tokenizer (data.tokenizer, or model.path with tokenizer.json)");
+  if (args.chat) {
+    const ChatPrompt chat = render_chat_prompt(args.prompt, cfg.data.chat_template, *tokenizer);
+    if (chat.add_bos) context.push_back(tokenizer->bos_id());
+    const std::vector<int32_t> ids = tokenizer->encode(chat.text);
+    context.insert(context.end(), ids.begin(), ids.end());
+    stop_ids = chat.stop_ids;
+    for (int32_t id : context)
+      LORA_INPUT_CHECK(id < V, "--prompt: token id ", id, " of the tokenized prompt is >= model.vocab_size ", V);
+  } else if (tokenizer) {
     if (tokenizer->add_bos()) context.push_back(tokenizer->bos_id());
     const std::vector<int32_t> ids = tokenizer->encode(args.prompt);
     context.insert(context.end(), ids.begin(), ids.end());
@@ -160,11 +172,13 @@ int run_generate(World& world, const GenerateArgs& args) {
         }
       }
     }
-    if (tokenizer && next == tokenizer->eos_id()) break;
+    if (std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end()) break;
     context.push_back(next);
     generated.push_back(next);
   }
-  if (tokenizer) {
+  if (args.chat) {
+    std::cout << tokenizer->decode(generated) << std::endl;  // the reply alone
+  } else if (tokenizer) {
     // The continuation decoded in context (SentencePiece decoders treat a leading "▁" specially).
     std::vector<int32_t> prompt_ids = tokenizer->encode(args.prompt), all = prompt_ids;
     all.insert(all.end(), generated.begin(), generated.end());

@@ -27,6 +27,7 @@ struct GenerateArgs {
   int tokens = 200;
   float temperature = 0.0f;
   uint64_t seed = 0;
+  bool chat = false;  // the prompt is a user message in data.template; print the reply alone
 };
 
 int run_train(World& world, const TrainArgs& args);

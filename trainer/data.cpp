@@ -596,6 +596,35 @@ RenderedExample render_example(std::string_view line, const std::string& where, 
   return ex;
 }
 
+ChatPrompt render_chat_prompt(const std::string& user_text, ChatTemplate chat_template,
+                              const Tokenizer& tokenizer) {
+  ChatPrompt p;
+  if (tokenizer.eos_id() >= 0) p.stop_ids.push_back(tokenizer.eos_id());
+  switch (chat_template) {
+    case ChatTemplate::kNone:
+      p.text = user_text;
+      p.add_bos = tokenizer.add_bos();
+      break;
+    case ChatTemplate::kChatml:
+      p.stop_ids.push_back(require_token(tokenizer, "<|im_end|>", "chatml"));
+      require_token(tokenizer, "<|im_start|>", "chatml");
+      p.text = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" +
+               user_text + "<|im_end|>\n<|im_start|>assistant\n";
+      break;
+    case ChatTemplate::kLlama3:
+      p.stop_ids.push_back(require_token(tokenizer, "<|eot_id|>", "llama3"));
+      require_token(tokenizer, "<|start_header_id|>", "llama3");
+      require_token(tokenizer, "<|end_header_id|>", "llama3");
+      LORA_INPUT_CHECK(tokenizer.bos_id() >= 0, tokenizer.source(),
+                       ": data.template llama3 starts with the BOS token, and this tokenizer names none "
+                       "(tokenizer_config.json bos_token)");
+      p.text = tokenizer.token(tokenizer.bos_id()) + "<|start_header_id|>user<|end_header_id|>\n\n" +
+               trim(user_text) + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
+      break;
+  }
+  return p;
+}
+
 void tokenize_example(const RenderedExample& example, const Tokenizer& tokenizer, Encoder* encoder,
                       bool mask_prompt, std::vector<int32_t>* ids, std::vector<uint8_t>* trained) {
   ids->clear();

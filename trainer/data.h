@@ -149,6 +149,18 @@ struct RenderedExample {
 RenderedExample render_example(std::string_view line, const std::string& where, ChatTemplate chat_template,
                                const Tokenizer& tokenizer);
 
+// What `lora generate --chat` runs: `user_text` as one user message in the template, rendered as
+// training renders it, followed by the start of the assistant's turn (chatml
+// "<|im_start|>assistant\n", llama3 "<|start_header_id|>assistant<|end_header_id|>\n\n"; none:
+// the text as it is). stop_ids end the reply: EOS and the template's end of turn.
+struct ChatPrompt {
+  std::string text;
+  bool add_bos = false;  // put the BOS id before the text's ids
+  std::vector<int32_t> stop_ids;
+};
+ChatPrompt render_chat_prompt(const std::string& user_text, ChatTemplate chat_template,
+                              const Tokenizer& tokenizer);
+
 // The ids of a rendered example and, per id, whether it is trained (mask_prompt) — the ids are
 // those of tokenizing the concatenated text as a whole (plus BOS/EOS ids).
 void tokenize_example(const RenderedExample& example, const Tokenizer& tokenizer, Encoder* encoder,

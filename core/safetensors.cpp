@@ -306,6 +306,36 @@ std::vector<float> SafetensorsFile::read_f32(const std::string& name) const {
 
 // ---- writing ----
 
+uint16_t float_to_bfloat16_bits(float f) {
+  const uint32_t bits = std::bit_cast<uint32_t>(f);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);  // NaN
+  const uint32_t rounding = 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>((bits + rounding) >> 16);
+}
+
+uint16_t float_to_half_bits(float f) {
+  const uint32_t bits = std::bit_cast<uint32_t>(f);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t abs = bits & 0x7FFFFFFFu;
+  if (abs > 0x7F800000u) return sign | 0x7E00u;        // NaN
+  if (abs >= 0x477FF000u) return sign | 0x7C00u;       // rounds to >= 65520: infinity
+  if (abs < 0x38800000u) {                             // below 2^-14: subnormal half (or zero)
+    if (abs < 0x33000000u) return sign;                // below 2^-25: rounds to zero
+    const uint32_t exponent = abs >> 23;
+    const uint32_t mantissa = (abs & 0x7FFFFFu) | 0x800000u;
+    const uint32_t shift = 126 - exponent;             // 14 - (exponent - 127) + 13 - 1 + 1
+    const uint32_t half = mantissa >> shift;
+    const uint32_t rest = mantissa & ((1u << shift) - 1u);
+    const uint32_t midpoint = 1u << (shift - 1);
+    const uint32_t rounded = half + ((rest > midpoint || (rest == midpoint && (half & 1u))) ? 1u : 0u);
+    return static_cast<uint16_t>(sign | rounded);
+  }
+  // Normal: rebias the exponent (127 -> 15) and round the 23-bit mantissa to 10 bits.
+  const uint32_t rebased = abs - (112u << 23);
+  const uint32_t rounded = rebased + 0xFFFu + ((rebased >> 13) & 1u);
+  return static_cast<uint16_t>(sign | (rounded >> 13));
+}
+
 namespace {
 
 // Writes all of `data` to `fd`; false with errno set on failure.
@@ -345,15 +375,18 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
       shape.push_back(d);
     }
     LORA_CHECK(t.data || numel == 0, "tensor '", t.name, "': null data");
+    LORA_CHECK(t.dtype == "F32" || t.dtype == "F16" || t.dtype == "BF16", "tensor '", t.name,
+               "': cannot write dtype ", t.dtype, " (expected F32, F16 or BF16)");
+    const size_t n_bytes = numel * safetensors_dtype_bytes(t.dtype);
     json::Value entry = json::Value::object();
-    entry.set("dtype", "F32");
+    entry.set("dtype", t.dtype);
     entry.set("shape", std::move(shape));
     json::Value offsets = json::Value::array();
     offsets.push_back(offset);
-    offsets.push_back(offset + numel * sizeof(float));
+    offsets.push_back(offset + n_bytes);
     entry.set("data_offsets", std::move(offsets));
     header.set(t.name, std::move(entry));
-    offset += numel * sizeof(float);
+    offset += n_bytes;
   }
   std::string text = json::dump(header);
   text.append((8 - text.size() % 8) % 8, ' ');  // data buffer starts 8-byte aligned
@@ -365,10 +398,24 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
   if (fd < 0)
     throw Error(detail::concat(tmp, ": cannot create safetensors file: ", errno_string(errno)));
   bool ok = write_all(fd, size_le, 8) && write_all(fd, text.data(), text.size());
+  std::vector<uint16_t> chunk;
   for (size_t i = 0; ok && i < tensors.size(); ++i) {
+    const SafetensorsWriteTensor& t = tensors[i];
     size_t numel = 1;
-    for (const int64_t d : tensors[i].shape) numel *= static_cast<size_t>(d);
-    ok = write_all(fd, tensors[i].data, numel * sizeof(float));
+    for (const int64_t d : t.shape) numel *= static_cast<size_t>(d);
+    if (t.dtype == "F32") {
+      ok = write_all(fd, t.data, numel * sizeof(float));
+      continue;
+    }
+    const bool half = t.dtype == "F16";
+    chunk.resize(std::min(numel, kConvertChunk));
+    for (size_t done = 0; ok && done < numel;) {
+      const size_t count = std::min(numel - done, kConvertChunk);
+      for (size_t k = 0; k < count; ++k)
+        chunk[k] = half ? float_to_half_bits(t.data[done + k]) : float_to_bfloat16_bits(t.data[done + k]);
+      ok = write_all(fd, chunk.data(), count * sizeof(uint16_t));
+      done += count;
+    }
   }
   ok = ok && ::fsync(fd) == 0;
   const int err = errno;

@@ -411,8 +411,8 @@ Adapter read_peft_adapter(const std::string& dir, const ModelSpec& spec) {
   if (!tm || tm->is_null()) r.fail("target_modules", "missing (expected the adapted modules)");
   const TargetMatcher matcher(*tm, r);
   std::map<std::string, double> ranks, alphas;
-  std::vector<Pattern> patterns = read_patterns(r, "rank_pattern", &ranks, true);
-  for (Pattern& p : read_patterns(r, "alpha_pattern", &alphas, false)) patterns.push_back(std::move(p));
+  const std::vector<Pattern> rank_patterns = read_patterns(r, "rank_pattern", &ranks, true);
+  const std::vector<Pattern> alpha_patterns = read_patterns(r, "alpha_pattern", &alphas, false);
   r.check_unknown_fields();
 
   // The modules target_modules selects, and each one's rank and alpha.
@@ -441,19 +441,35 @@ Adapter read_peft_adapter(const std::string& dir, const ModelSpec& spec) {
   l.targets.clear();
   for (LoraTarget t : family_targets(spec))
     if (layers_of.count(t)) l.targets.push_back(t);
+  // PEFT up to 0.13 takes the first key matching the module among rank_pattern's then
+  // alpha_pattern's keys and looks both the rank and the alpha up under it; later versions look the
+  // rank up under the first matching rank_pattern key and the alpha under the first matching
+  // alpha_pattern key. Where the two rules disagree the adapter is ambiguous and refused.
+  auto first_match = [&](const std::vector<Pattern>& patterns, const std::string& key) -> const Pattern* {
+    for (const Pattern& p : patterns)
+      if (std::regex_search(key, p.re, std::regex_constants::match_continuous)) return &p;
+    return nullptr;
+  };
+  auto lookup = [](const std::map<std::string, double>& m, const Pattern* p, double fallback) {
+    if (!p) return fallback;
+    const auto it = m.find(p->key);
+    return it == m.end() ? fallback : it->second;
+  };
   for (const Candidate* c : chosen) {
-    const Pattern* hit = nullptr;
-    for (const Pattern& p : patterns) {
-      if (std::regex_search(c->key, p.re, std::regex_constants::match_continuous)) {
-        hit = &p;
-        break;
-      }
-    }
-    if (!hit) continue;
-    const auto rank_it = ranks.find(hit->key);
-    const auto alpha_it = alphas.find(hit->key);
-    const int rank = rank_it == ranks.end() ? l.rank : static_cast<int>(rank_it->second);
-    const float alpha = alpha_it == alphas.end() ? l.alpha : static_cast<float>(alpha_it->second);
+    const Pattern* rank_key = first_match(rank_patterns, c->key);
+    const Pattern* alpha_key = first_match(alpha_patterns, c->key);
+    const int rank = static_cast<int>(lookup(ranks, rank_key, l.rank));
+    const float alpha = static_cast<float>(lookup(alphas, alpha_key, l.alpha));
+    const Pattern* either = rank_key ? rank_key : alpha_key;
+    const int old_rank = static_cast<int>(lookup(ranks, either, l.rank));
+    const float old_alpha = static_cast<float>(lookup(alphas, either, l.alpha));
+    if (rank != old_rank || alpha != old_alpha)
+      r.fail(alpha_key ? "alpha_pattern" : "rank_pattern",
+             "module '" + c->key + "' matches rank_pattern key '" + (rank_key ? rank_key->key : "") +
+                 "' and alpha_pattern key '" + (alpha_key ? alpha_key->key : "") +
+                 "': PEFT up to 0.13 gives it rank " + std::to_string(old_rank) + " and alpha " +
+                 number_text(old_alpha) + ", later versions rank " + std::to_string(rank) +
+                 " and alpha " + number_text(alpha) + " (ambiguous: use one key for both)");
     if (rank != l.rank || alpha != l.alpha) l.module_settings[c->module] = {rank, alpha};
   }
   std::unique_ptr<LoraLayout> layout;

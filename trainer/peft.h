@@ -20,10 +20,12 @@
 //
 // PEFT matches its patterns as Python's re does: target_modules given as a string with
 // re.fullmatch on the module name, as a list by name or ".suffix"; a rank_pattern or alpha_pattern
-// key k with re.match(".*\.k$") (the first key matching, rank_pattern's keys before alpha_pattern's,
-// picks both the rank and the alpha). Here the same patterns run through std::regex (ECMAScript),
-// which agrees with Python for the patterns such files use; one std::regex cannot parse (a
-// Python-only construct such as (?P<name>...)) is refused naming the key.
+// key k with re.match(".*\.k$"). PEFT up to 0.13 looks both the rank and the alpha up under the
+// first key matching among rank_pattern's then alpha_pattern's keys, later versions each under the
+// first matching key of its own pattern: a module for which the two rules give different values is
+// refused as ambiguous. Here the patterns run through std::regex (ECMAScript), which agrees with
+// Python for the patterns such files use; one std::regex cannot parse (a Python-only construct
+// such as (?P<name>...)) is refused naming the key.
 #pragma once
 
 #include <memory>

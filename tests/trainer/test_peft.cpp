@@ -502,8 +502,8 @@ TEST_F(BadAdapter, PeftMatchingRules) {
   c.set("target_modules", json::Array{json::Value("self_attn.q_proj"), json::Value("v_proj")});
   write_json(d + "/adapter_config.json", c);
   EXPECT_EQ(read_peft_adapter(d, spec_).lora.targets, (std::vector<LoraTarget>{LoraTarget::kQ, LoraTarget::kV}));
-  // A key that matches in both patterns: the rank_pattern key decides the alpha as well (PEFT's
-  // rule), so an alpha_pattern entry under another key matching the same module is not used.
+  // A module matching a rank_pattern key and another alpha_pattern key: PEFT 0.13 takes its alpha
+  // from the rank key (the default here), later versions from the alpha key (40): ambiguous.
   json::Value rank2 = json::Value::object();
   rank2.set("q_proj", 2);
   json::Value alpha2 = json::Value::object();
@@ -511,8 +511,14 @@ TEST_F(BadAdapter, PeftMatchingRules) {
   c.set("rank_pattern", rank2);
   c.set("alpha_pattern", alpha2);
   write_json(d + "/adapter_config.json", c);
-  const std::string msg = input_error_of([&] { read_peft_adapter(d, spec_); });
-  // Both q_proj modules now have rank 2 per rank_pattern; layer 1's tensors have rank 4.
+  std::string msg = input_error_of([&] { read_peft_adapter(d, spec_); });
+  expect_has(msg, {"\"alpha_pattern\"", "model.layers.1.self_attn.q_proj", "rank 2 and alpha 8",
+                   "rank 2 and alpha 40", "ambiguous"}, "ambiguous patterns");
+  // Without the alpha key both rules agree: every q_proj has rank 2, and layer 1's tensors (rank 4)
+  // no longer fit.
+  c.set("alpha_pattern", json::Value::object());
+  write_json(d + "/adapter_config.json", c);
+  msg = input_error_of([&] { read_peft_adapter(d, spec_); });
   EXPECT_NE(msg.find("model.layers.1.self_attn.q_proj.lora_A.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("expected shape [2, 16]"), std::string::npos) << msg;
 }

@@ -12,7 +12,9 @@
 #include <filesystem>
 
 #include "core/json.h"
+#include "core/model/transformer.h"
 #include "core/rng.h"
+#include "core/safetensors.h"
 #include "tests/launch/harness.h"
 #include "trainer/checkpoint.h"
 #include "trainer/peft.h"
@@ -103,6 +105,23 @@ TEST_F(AdaptersCli, ExportEvalAndMerge) {
   EXPECT_EQ(two.find("windows")->as_int64(), 2);
   EXPECT_EQ(two.find("tokens")->as_int64(), 64);
 
+  // Two ranks split the windows and agree with one.
+  const auto mp = run_command(testing::mpirun(2) + " " + lora_cmd("eval " + (*dir_ / "plain.yaml") +
+                                                                  " --adapter " + peft + " --json") +
+                              " 2>/dev/null");
+  ASSERT_EQ(mp.exit_code, 0) << mp.output;
+  const json::Value two_ranks = json::parse(mp.output);
+  EXPECT_EQ(two_ranks.find("tokens")->as_int64(), n - 1);
+  EXPECT_NEAR(two_ranks.find("loss")->as_double(), from_peft.find("loss")->as_double(),
+              1e-6 * from_peft.find("loss")->as_double());
+  // generate takes a PEFT directory too, and continues exactly as with the checkpoint.
+  const auto g1 = run_command(lora_cmd("generate " + (*dir_ / "plain.yaml") + " --adapter " + peft +
+                                       " --prompt 'the cat' --tokens 16"));
+  const auto g2 = run_command(lora_cmd("generate " + (*dir_ / "plain.yaml") + " --adapter " + ckpt +
+                                       " --prompt 'the cat' --tokens 16"));
+  ASSERT_EQ(g1.exit_code, 0) << g1.output;
+  EXPECT_EQ(g1.output, g2.output);
+
   // The text form: 6 decimals, the token count, and what was evaluated.
   r = run_command(lora_cmd("eval " + (*dir_ / "plain.yaml")));
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -127,6 +146,35 @@ TEST_F(AdaptersCli, ExportEvalAndMerge) {
   ASSERT_TRUE(m.find("loss"));
   EXPECT_NEAR(m.find("loss")->as_double(), from_peft.find("loss")->as_double(),
               1e-5 * from_peft.find("loss")->as_double());
+  // A base given as one model.weights file merges into a directory of the file's dtypes, with a
+  // config.json written for it.
+  {
+    ModelSpec sizes;
+    sizes.vocab_size = 256;
+    sizes.n_layer = 2;
+    sizes.n_head = 2;
+    sizes.d_model = 32;
+    sizes.max_seq_len = 32;
+    TransformerModel base(family_spec("gpt2", sizes), TrainMode::kFull, std::nullopt);
+    base.init_base_random(11);  // the seed plain.yaml's random base comes from
+    std::vector<SafetensorsWriteTensor> ts;
+    for (const TensorInfo& t : base.base_layout().tensors())
+      ts.push_back({t.name, t.shape, base.base_params() + t.offset, "BF16"});
+    write_safetensors(*dir_ / "base.safetensors", ts);
+    const std::string w = " --set model.weights=" + (*dir_ / "base.safetensors");
+    r = run_command(lora_cmd("merge " + (*dir_ / "plain.yaml") + w + " --adapter " + peft + " --out " + (*dir_ / "merged-w")));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_TRUE(fs::exists(*dir_ / "merged-w/config.json"));
+    const SafetensorsFile f(*dir_ / "merged-w/model.safetensors");
+    EXPECT_EQ(f.find("h.0.attn.c_attn.weight")->dtype, "BF16");
+    const json::Value with_adapter = eval_json(*dir_ / "plain.yaml" + w + " --adapter " + peft);
+    const json::Value merged_w = eval_json(*dir_ / "plain.yaml" + " --set model.weights=" +
+                                           (*dir_ / "merged-w/model.safetensors"));
+    // The merged weights are rounded to bfloat16 like the base's.
+    EXPECT_NEAR(merged_w.find("loss")->as_double(), with_adapter.find("loss")->as_double(),
+                1e-2 * with_adapter.find("loss")->as_double());
+    EXPECT_NE(merged_w.find("loss")->as_double(), eval_json(*dir_ / "plain.yaml" + w).find("loss")->as_double());
+  }
   // Merging again replaces the directory; a directory that is not a model is never replaced.
   EXPECT_EQ(run_command(lora_cmd("merge " + (*dir_ / "plain.yaml") + " --adapter " + ckpt + " --out " + merged)).exit_code, 0);
   fs::create_directories(*dir_ / "mine");

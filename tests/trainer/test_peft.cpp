@@ -560,6 +560,12 @@ TEST(Peft, ConfigContradictionsNameBothValues) {
     const Config cfg = parse_config(yaml, dir / "c.yaml", {c.set});
     expect_has(input_error_of([&] { config_for_adapter(cfg, a, "--adapter"); }), c.expect, c.set);
   }
+  // lora.init_from: resolved against the config's directory; a missing path names the key and line.
+  fs::create_directories(dir / "adapters/x");
+  const Config from = parse_config(yaml + "lora: {init_from: adapters/x}\n", dir / "c.yaml");
+  EXPECT_EQ(from.lora_init_from, dir / "adapters/x");
+  expect_has(input_error_of([&] { parse_config(yaml + "lora: {init_from: adapters/y}\n", dir / "c.yaml"); }),
+             {"c.yaml:3", "lora.init_from", "adapters/y", "does not exist"}, "init_from missing");
   const Config full = parse_config(yaml, dir / "c.yaml", {"train.mode=full"});
   expect_has(input_error_of([&] { config_for_adapter(full, a, "--adapter"); }), {"train.mode", "full"}, "full");
   // A checkpoint of another model is refused naming both shapes.

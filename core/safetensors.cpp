@@ -1,4 +1,4 @@
-// safetensors reader/writer and the GPT-2 weight binding (see safetensors.h for the format).
+// safetensors reader/writer (see safetensors.h for the format and the integrity key).
 #include "core/safetensors.h"
 
 #include <fcntl.h>
@@ -11,11 +11,13 @@
 #include <charconv>
 #include <climits>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
 
+#include "core/crc64.h"
 #include "core/error.h"
 #include "core/json.h"
 
@@ -25,6 +27,31 @@ static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; reading and writing assume a little-endian host");
 
 namespace {
+
+// The metadata key of the integrity CRC (safetensors.h), and its value while the CRC is computed.
+constexpr std::string_view kCrcKey = "lora.crc64";
+constexpr std::string_view kCrcPlaceholder = "0000000000000000";
+
+// A key that differs from kCrcKey in at most 3 of its characters: the CRC key with damaged bytes,
+// which must not turn a file of ours into an unverified one.
+bool is_crc_key(const std::string& key) {
+  if (key.size() != kCrcKey.size()) return false;
+  int n_diff = 0;
+  for (size_t i = 0; i < key.size(); ++i) n_diff += key[i] != kCrcKey[i];
+  return n_diff <= 3;
+}
+
+bool is_lower_hex16(const std::string& s) {
+  return s.size() == 16 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+std::string crc_hex(uint64_t crc) {
+  static const char* kHex = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, crc >>= 4) s[static_cast<size_t>(i)] = kHex[crc & 0xF];
+  return s;
+}
 
 // The reference implementation refuses headers above 100 MB; a GPT-2 XL header is ~60 KB.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
@@ -126,6 +153,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     LORA_INPUT_CHECK(root.is_object(), path, ": safetensors header must be a JSON object, got ",
                      json::type_name(root.type()));
 
+    std::optional<std::string> stored_crc;  // files we wrote carry one
     for (const auto& [name, entry] : root.as_object()) {
       if (name == "__metadata__") {
         LORA_INPUT_CHECK(entry.is_object(), path,
@@ -135,7 +163,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
         for (const auto& [key, value] : entry.as_object()) {
           LORA_INPUT_CHECK(value.is_string(), path, ": \"__metadata__\" key \"", key,
                            "\" must be a string, got ", json::type_name(value.type()));
-          metadata_[key] = value.as_string();
+          if (is_crc_key(key)) {
+            LORA_INPUT_CHECK(key == kCrcKey && !stored_crc, path, ": \"__metadata__\" key \"", key,
+                             "\" is not \"", kCrcKey, "\" but resembles it: the file is damaged");
+            stored_crc = value.as_string();
+          } else {
+            metadata_[key] = value.as_string();
+          }
         }
         continue;
       }
@@ -216,11 +250,45 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
                        a->end, ") and '", b->name, "' [", b->begin, ", ", b->end,
                        ") overlap in the data buffer");
     }
+    // Last, so that a truncated or malformed file is reported as such: the CRC catches what the
+    // structure does not show (changed values, names, metadata, padding).
+    if (stored_crc) verify_crc(header, *stored_crc);
   } catch (...) {
     ::close(fd_);
     fd_ = -1;
     throw;
   }
+}
+
+// Checks the "lora.crc64" value `stored` against the file (see safetensors.h). `header` is the
+// header text as read.
+void SafetensorsFile::verify_crc(const std::string& header, const std::string& stored) {
+  LORA_INPUT_CHECK(is_lower_hex16(stored), path_, ": \"__metadata__\" \"", kCrcKey,
+                   "\" must be 16 lowercase hex digits, got \"", stored.substr(0, 40),
+                   "\": the file is damaged");
+  const std::string pattern = detail::concat("\"", kCrcKey, "\":\"", stored, "\"");
+  const size_t at = header.find(pattern);
+  LORA_INPUT_CHECK(at != std::string::npos && header.find(pattern, at + 1) == std::string::npos,
+                   path_, ": cannot find \"", kCrcKey,
+                   "\" written as write_safetensors writes it in the header: the file is damaged");
+  const size_t digits = at + pattern.size() - 17;
+  unsigned char size_le[8];
+  for (int i = 0; i < 8; ++i) size_le[i] = static_cast<unsigned char>(header.size() >> (8 * i));
+  uint64_t crc = crc64(size_le, 8);
+  crc = crc64(header.data(), digits, crc);
+  crc = crc64(kCrcPlaceholder.data(), kCrcPlaceholder.size(), crc);
+  crc = crc64(header.data() + digits + 16, header.size() - digits - 16, crc);
+  std::vector<unsigned char> chunk(std::min<size_t>(file_bytes_ - data_begin_, size_t{1} << 20));
+  for (size_t offset = data_begin_; offset < file_bytes_;) {
+    const size_t n = std::min(chunk.size(), file_bytes_ - offset);
+    read_bytes(offset, n, chunk.data());
+    crc = crc64(chunk.data(), n, crc);
+    offset += n;
+  }
+  LORA_INPUT_CHECK(crc == std::stoull(stored, nullptr, 16), path_, ": CRC-64 mismatch (",
+                   kCrcKey, " says ", stored, ", the file's bytes give ", crc_hex(crc),
+                   "): the file is damaged");
+  crc_verified_ = true;
 }
 
 SafetensorsFile::~SafetensorsFile() {
@@ -233,7 +301,8 @@ SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept
       file_bytes_(other.file_bytes_),
       data_begin_(other.data_begin_),
       tensors_(std::move(other.tensors_)),
-      metadata_(std::move(other.metadata_)) {}
+      metadata_(std::move(other.metadata_)),
+      crc_verified_(other.crc_verified_) {}
 
 SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
   if (this != &other) {
@@ -244,6 +313,7 @@ SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
     data_begin_ = other.data_begin_;
     tensors_ = std::move(other.tensors_);
     metadata_ = std::move(other.metadata_);
+    crc_verified_ = other.crc_verified_;
   }
   return *this;
 }
@@ -353,12 +423,37 @@ bool write_all(int fd, const void* data, size_t n_bytes) {
 
 }  // namespace
 
+namespace {
+
+// Calls fn(bytes, n) with the tensor's bytes as stored in its dtype, in order (F32 in one piece,
+// F16/BF16 converted in bounded chunks); stops and returns false when fn does.
+template <typename Fn>
+bool for_each_stored_chunk(const SafetensorsWriteTensor& t, Fn&& fn) {
+  size_t numel = 1;
+  for (const int64_t d : t.shape) numel *= static_cast<size_t>(d);
+  if (t.dtype == "F32") return numel == 0 || fn(t.data, numel * sizeof(float));
+  const bool half = t.dtype == "F16";
+  std::vector<uint16_t> chunk(std::min(numel, kConvertChunk));
+  for (size_t done = 0; done < numel;) {
+    const size_t count = std::min(numel - done, kConvertChunk);
+    for (size_t k = 0; k < count; ++k)
+      chunk[k] = half ? float_to_half_bits(t.data[done + k]) : float_to_bfloat16_bits(t.data[done + k]);
+    if (!fn(chunk.data(), count * sizeof(uint16_t))) return false;
+    done += count;
+  }
+  return true;
+}
+
+}  // namespace
+
 void write_safetensors(const std::string& path, const std::vector<SafetensorsWriteTensor>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   json::Value header = json::Value::object();
-  if (!metadata.empty()) {
+  {
     json::Value meta = json::Value::object();
-    for (const auto& [k, v] : metadata) meta.set(k, v);
+    for (const auto& [k, v] : metadata)
+      if (k != kCrcKey) meta.set(k, v);
+    meta.set(kCrcKey, kCrcPlaceholder);  // filled in once the CRC is known
     header.set("__metadata__", std::move(meta));
   }
   std::set<std::string> names;
@@ -392,31 +487,29 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
   text.append((8 - text.size() % 8) % 8, ' ');  // data buffer starts 8-byte aligned
   unsigned char size_le[8];
   for (int i = 0; i < 8; ++i) size_le[i] = static_cast<unsigned char>(text.size() >> (8 * i));
+  {
+    // The placeholder is the only `"lora.crc64":"` in the text: keys are unique, and quotes inside
+    // strings are escaped.
+    const std::string pattern = detail::concat("\"", kCrcKey, "\":\"", kCrcPlaceholder, "\"");
+    const size_t at = text.find(pattern);
+    LORA_CHECK(at != std::string::npos, "no ", kCrcKey, " placeholder in the header");
+    uint64_t crc = crc64(size_le, 8);
+    crc = crc64(text.data(), text.size(), crc);
+    for (const auto& t : tensors)
+      for_each_stored_chunk(t, [&](const void* bytes, size_t n) {
+        crc = crc64(bytes, n, crc);
+        return true;
+      });
+    text.replace(at + pattern.size() - 17, 16, crc_hex(crc));
+  }
 
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0)
     throw Error(detail::concat(tmp, ": cannot create safetensors file: ", errno_string(errno)));
   bool ok = write_all(fd, size_le, 8) && write_all(fd, text.data(), text.size());
-  std::vector<uint16_t> chunk;
-  for (size_t i = 0; ok && i < tensors.size(); ++i) {
-    const SafetensorsWriteTensor& t = tensors[i];
-    size_t numel = 1;
-    for (const int64_t d : t.shape) numel *= static_cast<size_t>(d);
-    if (t.dtype == "F32") {
-      ok = write_all(fd, t.data, numel * sizeof(float));
-      continue;
-    }
-    const bool half = t.dtype == "F16";
-    chunk.resize(std::min(numel, kConvertChunk));
-    for (size_t done = 0; ok && done < numel;) {
-      const size_t count = std::min(numel - done, kConvertChunk);
-      for (size_t k = 0; k < count; ++k)
-        chunk[k] = half ? float_to_half_bits(t.data[done + k]) : float_to_bfloat16_bits(t.data[done + k]);
-      ok = write_all(fd, chunk.data(), count * sizeof(uint16_t));
-      done += count;
-    }
-  }
+  for (size_t i = 0; ok && i < tensors.size(); ++i)
+    ok = for_each_stored_chunk(tensors[i], [&](const void* bytes, size_t n) { return write_all(fd, bytes, n); });
   ok = ok && ::fsync(fd) == 0;
   const int err = errno;
   ok = (::close(fd) == 0) && ok;

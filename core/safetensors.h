@@ -14,6 +14,15 @@
 // the file, no two tensors overlapping), so a malformed file is reported once, up front, as a
 // lora::InputError whose message starts with the file path. Reads use pread on an open file
 // descriptor, F16/BF16 converted in bounded chunks (the float32 output is the only full copy).
+//
+// Integrity (files written by write_safetensors): "__metadata__" holds "lora.crc64": 16 lowercase
+// hex digits, the CRC-64/XZ (core/crc64.h) of the whole file with those 16 digits replaced by
+// sixteen '0' characters. Opening such a file reads it once through and refuses it (InputError
+// naming the file) when the CRC does not match, so damage anywhere in it (header, padding, tensor
+// bytes) is caught up front. The key is not part of metadata(). Files from elsewhere carry no such
+// key and are read unverified: the format has no checksum of its own, so damaged tensor bytes in
+// them cannot be detected. A metadata key that differs from "lora.crc64" in 1-3 of its characters
+// is taken for a damaged one and refused, so damage to the key does not make a file unverified.
 #pragma once
 
 #include <cstddef>
@@ -56,6 +65,8 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   size_t file_bytes() const { return file_bytes_; }
   size_t data_begin() const { return data_begin_; }  // file offset of the data buffer (8 + N)
+  // True when the file carried a "lora.crc64" and it matched (see above).
+  bool crc_verified() const { return crc_verified_; }
 
   // Reads `tensor` (one of tensors()) into out[0, numel), converting F16 and BF16 to float32.
   // Any other dtype is a lora::InputError naming the file, tensor and dtype; an I/O failure is
@@ -66,6 +77,7 @@ class SafetensorsFile {
 
  private:
   void read_bytes(size_t file_offset, size_t n_bytes, void* out) const;
+  void verify_crc(const std::string& header, const std::string& stored);
 
   std::string path_;
   int fd_ = -1;
@@ -73,6 +85,7 @@ class SafetensorsFile {
   size_t data_begin_ = 0;
   std::vector<SafetensorsTensor> tensors_;
   std::map<std::string, std::string> metadata_;
+  bool crc_verified_ = false;
 };
 
 // One float32 tensor to write, stored as `dtype`: "F32" (exact), "F16" or "BF16" (rounded to
@@ -92,7 +105,9 @@ uint16_t float_to_bfloat16_bits(float f);
 std::string shape_string(const std::vector<int64_t>& shape);
 
 // Writes the tensors in the given order, each in its dtype (F32, F16 or BF16; any other is a
-// lora::Error), with `metadata` as "__metadata__" (omitted when empty). The header is padded with spaces so the data buffer starts at a multiple of 8 bytes.
+// lora::Error), with `metadata` plus the "lora.crc64" integrity value (see above; it replaces a
+// "lora.crc64" in `metadata`) as "__metadata__". The header is padded with spaces so the data
+// buffer starts at a multiple of 8 bytes.
 // Atomic: writes path + ".tmp", fsyncs, renames over `path`. Invalid arguments (empty or
 // duplicate names, negative dims, null data) are a lora::Error; I/O failures a lora::Error.
 void write_safetensors(const std::string& path, const std::vector<SafetensorsWriteTensor>& tensors,

@@ -28,7 +28,8 @@ namespace lora {
 
 namespace {
 
-const char* kMainHelp = R"(lora: LoRA fine-tuning of GPT-2 style models, data-parallel over MPI.
+const char* kMainHelp = R"(lora: LoRA fine-tuning of decoder-only transformers (GPT-2, Llama, Qwen2, Mistral
+families, from Hugging Face model directories), data-parallel over MPI.
 
 usage: lora <command> [options]
 

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -22,10 +23,14 @@
 #include <ctime>
 #include <filesystem>
 #include <iomanip>
+#include <memory>
 #include <optional>
 #include <sstream>
+#include <string_view>
 #include <system_error>
+#include <unordered_map>
 
+#include "core/crc64.h"
 #include "core/error.h"
 #include "core/model/base_layout.h"
 #include "core/hash.h"
@@ -39,6 +44,74 @@ namespace fs = std::filesystem;
 constexpr const char* kFormatName = "lora-checkpoint";
 
 // ---- hashing (core/hash.h) -------------------------------------------------------------------
+
+// ---- integrity block -------------------------------------------------------------------------
+//
+// A version-2 file starts with a 512-byte HDF5 user block (HDF5 puts its superblock after it and
+// never reads it) holding, as text,
+//     lora-checkpoint integrity block\n
+//     crc64-xz of bytes 512..end: <16 lowercase hex digits>\n
+//     file bytes: <decimal>\n
+// and zero bytes up to 512. The CRC-64 (core/crc64.h) covers every byte after the block; the block
+// itself must equal this rendering of its two values byte for byte, so a change anywhere in the file
+// is caught (any change within 8 consecutive bytes for certain, any other with probability
+// 1 - 2^-64) before HDF5 parses anything.
+
+constexpr size_t kIntegrityBlockBytes = 512;  // HDF5 user blocks are 0 or a power of 2 >= 512
+constexpr std::string_view kIntegrityMagic = "lora-checkpoint integrity block\n";
+constexpr std::string_view kIntegrityCrcKey = "crc64-xz of bytes 512..end: ";
+constexpr std::string_view kIntegrityBytesKey = "file bytes: ";
+constexpr unsigned char kHdf5Signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+
+std::string integrity_block(uint64_t file_bytes, uint64_t crc) {
+  std::string block;
+  block += kIntegrityMagic;
+  block += kIntegrityCrcKey;
+  block += hex64(crc);
+  block += '\n';
+  block += kIntegrityBytesKey;
+  block += std::to_string(file_bytes);
+  block += '\n';
+  block.resize(kIntegrityBlockBytes, '\0');
+  return block;
+}
+
+// Fills the first kIntegrityBlockBytes of a complete file image (which HDF5 left for the user
+// block) with the block for the rest of the image.
+void seal_image(unsigned char* image, size_t n_bytes) {
+  const uint64_t crc = crc64(image + kIntegrityBlockBytes, n_bytes - kIntegrityBlockBytes);
+  const std::string block = integrity_block(n_bytes, crc);
+  std::memcpy(image, block.data(), kIntegrityBlockBytes);
+}
+
+// The two values of an integrity block, or nullopt when `block` (kIntegrityBlockBytes long) is not
+// exactly the rendering of some pair of values.
+struct IntegrityRecord {
+  uint64_t file_bytes = 0;
+  uint64_t crc = 0;
+};
+std::optional<IntegrityRecord> parse_integrity_block(const unsigned char* block) {
+  const std::string_view text(reinterpret_cast<const char*>(block), kIntegrityBlockBytes);
+  size_t pos = 0;
+  auto take = [&](std::string_view expected) {
+    if (text.substr(pos, expected.size()) != expected) return false;
+    pos += expected.size();
+    return true;
+  };
+  IntegrityRecord r;
+  if (!take(kIntegrityMagic) || !take(kIntegrityCrcKey)) return std::nullopt;
+  const auto [crc_end, crc_ec] = std::from_chars(text.data() + pos, text.data() + pos + 16, r.crc, 16);
+  if (crc_ec != std::errc() || crc_end != text.data() + pos + 16) return std::nullopt;
+  pos += 16;
+  if (!take("\n") || !take(kIntegrityBytesKey)) return std::nullopt;
+  const char* digits = text.data() + pos;
+  const auto [bytes_end, bytes_ec] = std::from_chars(digits, text.data() + text.size(), r.file_bytes);
+  if (bytes_ec != std::errc() || bytes_end == digits) return std::nullopt;
+  // Canonical form only: the same values rendered again give the same 512 bytes (no sign, no
+  // leading zeros, upper-case hex or stray bytes in the zero padding).
+  if (integrity_block(r.file_bytes, r.crc) != text) return std::nullopt;
+  return r;
+}
 
 // The checksum stored in the file: covers every field of the state (strings and scalars included,
 // so a damaged config or seed is caught like a damaged tensor), with created_utc as written.
@@ -308,16 +381,34 @@ std::string parent_dir(const std::string& path) {
 
 struct ImageSink {
   void* buffer = nullptr;  // the core driver's memory, owned by us after H5Fclose
+  size_t buffer_bytes = 0;
+  std::unordered_map<void*, size_t> live;  // every block handed out, and its size
   ~ImageSink() { std::free(buffer); }
 };
 
-void* image_malloc(size_t size, H5FD_file_image_op_t, void*) { return std::malloc(size); }
-void* image_realloc(void* ptr, size_t size, H5FD_file_image_op_t, void*) { return std::realloc(ptr, size); }
+void* image_malloc(size_t size, H5FD_file_image_op_t, void* udata) {
+  void* p = std::malloc(size);
+  if (p != nullptr) static_cast<ImageSink*>(udata)->live[p] = size;
+  return p;
+}
+void* image_realloc(void* ptr, size_t size, H5FD_file_image_op_t, void* udata) {
+  auto* sink = static_cast<ImageSink*>(udata);
+  const auto it = sink->live.find(ptr);
+  const size_t old_size = it == sink->live.end() ? 0 : it->second;
+  if (it != sink->live.end()) sink->live.erase(it);
+  void* p = std::realloc(ptr, size);
+  sink->live[p != nullptr ? p : ptr] = p != nullptr ? size : old_size;  // on failure ptr stays valid
+  return p;
+}
 herr_t image_free(void* ptr, H5FD_file_image_op_t op, void* udata) {
   auto* sink = static_cast<ImageSink*>(udata);
+  const auto it = sink->live.find(ptr);
+  const size_t size = it == sink->live.end() ? 0 : it->second;
+  if (it != sink->live.end()) sink->live.erase(it);
   if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE) {  // the last one closed is the file's image
     std::free(sink->buffer);
     sink->buffer = ptr;
+    sink->buffer_bytes = size;
   } else {
     std::free(ptr);
   }
@@ -427,9 +518,13 @@ class Writer {
     H5FD_file_image_callbacks_t callbacks = {image_malloc, nullptr,           image_realloc, image_free,
                                              image_udata_copy, image_udata_free, sink};
     check_status(H5Pset_file_image_callbacks(fapl.get(), &callbacks), "H5Pset_file_image_callbacks");
+    // The first bytes are left for the integrity block (seal_image fills them once the image is
+    // complete).
+    H5Handle fcpl(check(H5Pcreate(H5P_FILE_CREATE), "H5Pcreate"), H5Pclose);
+    check_status(H5Pset_userblock(fcpl.get(), kIntegrityBlockBytes), "H5Pset_userblock");
     // The core driver loads an existing file of the given name into memory even when creating, so
     // the in-memory file gets a name that can never exist.
-    H5Handle file(check(H5Fcreate("/dev/null/lora-checkpoint-image.h5", H5F_ACC_TRUNC, H5P_DEFAULT,
+    H5Handle file(check(H5Fcreate("/dev/null/lora-checkpoint-image.h5", H5F_ACC_TRUNC, fcpl.get(),
                                   fapl.get()),
                         "create in-memory HDF5 file"),
                   H5Fclose);
@@ -508,26 +603,32 @@ class Writer {
       attr_i32(root.get(), "complete", 1);
     }
     check_status(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush the in-memory file");
-    const ssize_t n_bytes = H5Fget_file_image(f, nullptr, 0);
-    if (n_bytes <= 0) fail("size of the in-memory file: " + hdf5_error_text());
     check_status(file.close(), "close the in-memory file");
     if (sink->buffer == nullptr) fail("the in-memory file image was not handed over at close");
-    return image_size(static_cast<const unsigned char*>(sink->buffer), static_cast<size_t>(n_bytes));
+    // The buffer's own size bounds the file (H5Fget_file_image would count without the user block).
+    auto* image = static_cast<unsigned char*>(sink->buffer);
+    const size_t file_bytes = image_size(image, sink->buffer_bytes);
+    seal_image(image, file_bytes);
+    return file_bytes;
   }
 
   // Closing the file releases the free space at its end, so the image can be longer than the file
-  // the superblock describes. The superblock (version 2, as the 1.8 format bounds guarantee:
-  // signature, version, offset and length sizes, flags, base address, extension address, end-of-file
-  // address, ...) holds the true end; a file must end there, or a shorter copy would also open.
+  // the superblock describes. The superblock (right after the user block; version 2, as the 1.8
+  // format bounds guarantee: signature, version, offset and length sizes, flags, base address,
+  // extension address, end-of-file address, ...) holds the true end, counted from the start of the
+  // file (user block included); a file must end there, or a shorter copy would also open.
   size_t image_size(const unsigned char* image, size_t n_bytes) const {
-    static const unsigned char kSignature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-    if (n_bytes < 48 || std::memcmp(image, kSignature, 8) != 0 || image[8] != 2 || image[9] != 8) {
+    const unsigned char* sb = image + kIntegrityBlockBytes;
+    if (n_bytes < kIntegrityBlockBytes + 48 || std::memcmp(sb, kHdf5Signature, 8) != 0 || sb[8] != 2 ||
+        sb[9] != 8) {
       fail("unexpected superblock in the in-memory file");
     }
     uint64_t eof = 0;
-    for (int i = 7; i >= 0; --i) eof = (eof << 8) | image[28 + i];
-    if (eof == 0 || eof > n_bytes) fail("superblock end-of-file address " + std::to_string(eof) +
-                                        " outside the " + std::to_string(n_bytes) + "-byte image");
+    for (int i = 7; i >= 0; --i) eof = (eof << 8) | sb[28 + i];
+    if (eof <= kIntegrityBlockBytes + 48 || eof > n_bytes) {
+      fail("superblock end-of-file address " + std::to_string(eof) + " outside the " +
+           std::to_string(n_bytes) + "-byte image");
+    }
     return static_cast<size_t>(eof);
   }
 
@@ -571,6 +672,31 @@ void fsync_directory(const std::string& dir, const Writer& w) {
 }
 
 // ---- reading ---------------------------------------------------------------------------------
+//
+// The whole file is read into memory with plain I/O, its integrity block checked, and HDF5 then
+// parses that same memory through its core driver: HDF5 never sees bytes that were not verified,
+// and the file is read from disk once. Version-1 files (written before the integrity block existed)
+// start with the HDF5 signature instead; they are parsed unverified and rely on the `checksum`
+// attribute, so a damaged version-1 file can still crash libhdf5 before that check runs.
+
+// A file's bytes, owned by the reader; HDF5's core driver works on them in place (the callbacks
+// below hand it this buffer instead of a copy and never free or grow it).
+struct FileImage {
+  std::unique_ptr<unsigned char[]> bytes;
+  size_t n_bytes = 0;
+  bool sealed = false;  // starts with an integrity block (format version 2)
+};
+
+void* read_image_malloc(size_t size, H5FD_file_image_op_t, void* udata) {
+  auto* image = static_cast<FileImage*>(udata);
+  return size == image->n_bytes ? image->bytes.get() : nullptr;
+}
+void* read_image_memcpy(void* dest, const void* src, size_t size, H5FD_file_image_op_t, void*) {
+  if (dest != src) std::memcpy(dest, src, size);
+  return dest;
+}
+void* read_image_realloc(void*, size_t, H5FD_file_image_op_t, void*) { return nullptr; }
+herr_t read_image_free(void*, H5FD_file_image_op_t, void*) { return 0; }
 
 class Reader {
  public:
@@ -762,19 +888,98 @@ class Reader {
     return s + "]";
   }
 
-  CheckpointState read() const {
-    silence_hdf5_errors();
+  // Reads the file with plain I/O and, when it starts with an integrity block, verifies it. No HDF5
+  // call is made here.
+  void load_image(FileImage* image) const {
     struct stat st{};
     if (::stat(path_.c_str(), &st) != 0) fail(std::string("cannot open: ") + std::strerror(errno));
     if (S_ISDIR(st.st_mode)) fail("is a directory, expected an HDF5 file");
-    if (H5Fis_hdf5(path_.c_str()) <= 0) {
-      H5Eclear2(H5E_DEFAULT);
-      fail("not an HDF5 file (no HDF5 signature; empty, truncated or another format)");
+    if (!S_ISREG(st.st_mode)) fail("not a regular file");
+    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail(std::string("cannot open: ") + std::strerror(errno));
+    const size_t n = static_cast<size_t>(st.st_size);
+    image->bytes = std::make_unique_for_overwrite<unsigned char[]>(std::max<size_t>(n, 1));
+    image->n_bytes = n;
+    size_t done = 0;
+    while (done < n) {
+      const ssize_t got = ::pread(fd, image->bytes.get() + done, std::min<size_t>(n - done, size_t{1} << 30),
+                                  static_cast<off_t>(done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        const int err = got < 0 ? errno : 0;
+        ::close(fd);
+        if (err != 0) throw Error("checkpoint '" + path_ + "': read failed: " + std::strerror(err));
+        fail("the file shrank while it was read (" + std::to_string(done) + " of " +
+             std::to_string(n) + " bytes)");
+      }
+      done += static_cast<size_t>(got);
     }
-    H5Handle fapl(check(make_fapl(), "H5Pcreate"), H5Pclose);
-    H5Handle file(check(H5Fopen(path_.c_str(), H5F_ACC_RDONLY, fapl.get()),
-                        "cannot open as HDF5 (damaged or truncated)"),
-                  H5Fclose);
+    ::close(fd);
+
+    const unsigned char* b = image->bytes.get();
+    if (n >= sizeof(kHdf5Signature) && std::memcmp(b, kHdf5Signature, sizeof(kHdf5Signature)) == 0) {
+      image->sealed = false;  // version 1: no integrity block
+      return;
+    }
+    if (n >= kIntegrityMagic.size() && std::memcmp(b, kIntegrityMagic.data(), kIntegrityMagic.size()) == 0) {
+      verify_integrity(*image);
+      image->sealed = true;
+      return;
+    }
+    if (n >= kIntegrityBlockBytes + sizeof(kHdf5Signature) &&
+        std::memcmp(b + kIntegrityBlockBytes, kHdf5Signature, sizeof(kHdf5Signature)) == 0) {
+      fail("the first " + std::to_string(kIntegrityBlockBytes) +
+           " bytes are not a lora-checkpoint integrity block (the file is damaged, or is an HDF5 "
+           "file with another program's user block)");
+    }
+    fail("not an HDF5 file (no HDF5 signature; empty, truncated or another format)");
+  }
+
+  void verify_integrity(const FileImage& image) const {
+    const size_t n = image.n_bytes;
+    if (n < kIntegrityBlockBytes) {
+      fail("truncated: " + std::to_string(n) + " bytes, shorter than the " +
+           std::to_string(kIntegrityBlockBytes) + "-byte integrity block it starts with");
+    }
+    const std::optional<IntegrityRecord> record = parse_integrity_block(image.bytes.get());
+    if (!record) {
+      fail("the integrity block (bytes 0-" + std::to_string(kIntegrityBlockBytes - 1) +
+           ") is damaged: the file cannot be verified");
+    }
+    if (record->file_bytes != n) {
+      fail("the file is " + std::to_string(n) + " bytes but its integrity block records " +
+           std::to_string(record->file_bytes) + ": it was truncated or extended, or is damaged");
+    }
+    const uint64_t actual = crc64(image.bytes.get() + kIntegrityBlockBytes, n - kIntegrityBlockBytes);
+    if (actual != record->crc) {
+      fail("CRC-64 mismatch (integrity block says " + hex64(record->crc) + ", the file's bytes give " +
+           hex64(actual) + "): the file is damaged");
+    }
+  }
+
+  // Opens `image` (which must outlive the returned handle) with HDF5's core driver, in place.
+  H5Handle open_image(FileImage* image) const {
+    H5Handle fapl(check(H5Pcreate(H5P_FILE_ACCESS), "H5Pcreate"), H5Pclose);
+    check_status(H5Pset_fapl_core(fapl.get(), 1 << 16, false), "H5Pset_fapl_core");
+    H5FD_file_image_callbacks_t callbacks = {read_image_malloc, read_image_memcpy, read_image_realloc,
+                                             read_image_free,   image_udata_copy,  image_udata_free,
+                                             image};
+    check_status(H5Pset_file_image_callbacks(fapl.get(), &callbacks), "H5Pset_file_image_callbacks");
+    check_status(H5Pset_file_image(fapl.get(), image->bytes.get(), image->n_bytes), "H5Pset_file_image");
+    // The core driver refuses to open an image under the name of a file that exists; each open gets
+    // a name of its own that cannot exist, so two open images are never taken for the same file.
+    static unsigned long n_opened = 0;
+    const std::string name = "/dev/null/lora-checkpoint-read-" + std::to_string(++n_opened) + ".h5";
+    return H5Handle(check(H5Fopen(name.c_str(), H5F_ACC_RDONLY, fapl.get()),
+                          "cannot open as HDF5 (damaged or truncated)"),
+                    H5Fclose);
+  }
+
+  CheckpointState read() const {
+    silence_hdf5_errors();
+    FileImage image;
+    load_image(&image);
+    H5Handle file = open_image(&image);
     const hid_t f = file.get();
     H5Handle root(check(H5Gopen2(f, "/", H5P_DEFAULT), "open root group"), H5Gclose);
     const hid_t r = root.get();
@@ -790,11 +995,21 @@ class Reader {
       fail("format_version " + std::to_string(version) + " is not supported (this build reads "
            "versions 1 to " + std::to_string(kCheckpointFormatVersion) + ")");
     }
+    if (image.sealed && version != 2) {
+      fail("format_version " + std::to_string(version) +
+           " in a file that starts with an integrity block (only version 2 files have one)");
+    }
+    if (!image.sealed && version != 1) {
+      fail("format_version " + std::to_string(version) +
+           " without the integrity block a version-2 file starts with (the file is damaged, or was "
+           "rewritten by a program that dropped the HDF5 user block)");
+    }
     if (H5Aexists(r, "complete") <= 0 || attr_i64(r, "complete") != 1) {
       fail("incomplete file (no 'complete' flag: the write did not finish)");
     }
 
     CheckpointState s;
+    s.format_version = static_cast<int>(version);
     s.step = static_cast<long>(attr_i64(r, "step"));
     if (s.step < 0) fail("attribute 'step' = " + std::to_string(s.step) + ": expected >= 0");
     s.tokens_seen = attr_u64(r, "tokens_seen");
@@ -1095,8 +1310,12 @@ std::string describe_checkpoint(const std::string& path) {
   const CheckpointState s = read_checkpoint(path);
   std::ostringstream os;
   os << "checkpoint " << path << "\n";
-  os << "  format:       lora-checkpoint version " << kCheckpointFormatVersion << ", written "
+  os << "  format:       lora-checkpoint version " << s.format_version << ", written "
      << s.created_utc << "\n";
+  os << "  integrity:    "
+     << (s.format_version >= 2 ? "CRC-64 of the whole file verified"
+                               : "per-field checksum only (version-1 file: no whole-file check)")
+     << "\n";
   os << "  step:         " << s.step << "\n";
   os << "  tokens_seen:  " << s.tokens_seen << "\n";
   os << "  world_size:   " << s.world_size << "\n";

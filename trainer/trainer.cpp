@@ -20,7 +20,6 @@
 #include "core/error.h"
 #include "core/model/hf_model.h"
 #include "core/model/transformer.h"
-#include "core/optimizer.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "trainer/lr_schedule.h"
@@ -325,7 +324,7 @@ namespace {
 // Rank 0: finds the checkpoint --resume asks for, checks that it fits the config, and loads it into
 // the model and the optimizer. Returns the scalars every rank needs (has = 0: start fresh).
 ResumeScalars restore_checkpoint(const Config& cfg, const TrainOptions& opts, Model& model,
-                                 AdamW& optimizer, int world, std::ostream& out,
+                                 TrainableOptimizer& optimizer, int world, std::ostream& out,
                                  std::string* metrics_so_far) {
   const std::string ckpt_dir = cfg.checkpoint_dir();
   std::string path = opts.resume_path;
@@ -346,8 +345,7 @@ ResumeScalars restore_checkpoint(const Config& cfg, const TrainOptions& opts, Mo
   LORA_INPUT_CHECK(c.step <= cfg.train.steps, path, ": checkpoint is at step ", c.step,
                    " but train.steps is ", cfg.train.steps);
   model.set_trainable(c.params);
-  optimizer.m() = std::move(c.adam_m);
-  optimizer.v() = std::move(c.adam_v);
+  optimizer.set_moments(c.adam_m, c.adam_v);
   *metrics_so_far = c.metrics_jsonl;
   out << "lora: resume: from " << path << " at step " << c.step << " (" << c.tokens_seen
       << " tokens seen, written by a world of " << c.world_size << ")";
@@ -376,6 +374,14 @@ void save_full_model(const Config& cfg, const Model& model) {
   std::error_code ec;
   fs::rename(tmp, dir / "config.json", ec);
   if (ec) throw Error((dir / "config.json").string() + ": cannot rename into place: " + ec.message());
+}
+
+// Rank 0's trainable parameters to every rank, through host memory.
+void broadcast_trainable(Model& model, comm::Communicator& comm) {
+  std::vector<float> host(model.n_trainable());
+  model.get_trainable(host);
+  comm.broadcast(std::span<float>(host), 0);
+  model.set_trainable(host);
 }
 
 // Creates run.output_dir and, on rank 0, checks that checkpoints can be written, so a bad
@@ -502,8 +508,8 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
     comm.broadcast(root_fp, 16, comm::DType::kUint8, 0);
     LORA_INPUT_CHECK(std::string(root_fp) == fingerprint, "rank ", rank, ": base weights (fingerprint ",
                      fingerprint, ") differ from rank 0's (", root_fp,
-                     "): model.weights must be the same file on every node");
-    comm.broadcast(std::span<float>(model->trainable_params(), model->n_trainable()), 0);
+                     "): the base weights must be the same files on every node");
+    broadcast_trainable(*model, comm);
   }
   summary.n_trainable = model->n_trainable();
   summary.n_total = model->n_base_params() + model->n_lora_params();
@@ -511,20 +517,23 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
   ops::AdamWParams hp;
   hp.lr = cfg.train.lr;
   hp.weight_decay = cfg.train.weight_decay;
-  AdamW optimizer(model->n_trainable(), hp);
+  std::unique_ptr<TrainableOptimizer> optimizer = model->make_optimizer(hp);
 
   // ---- resume: rank 0 reads the checkpoint, every rank receives what it needs ----
   const std::string ckpt_dir = cfg.checkpoint_dir();
   std::string metrics_so_far;
   ResumeScalars rs;
   if (lead && opts.resume != ResumeMode::kNone)
-    rs = restore_checkpoint(cfg, opts, *model, optimizer, world, out, &metrics_so_far);
+    rs = restore_checkpoint(cfg, opts, *model, *optimizer, world, out, &metrics_so_far);
   comm.broadcast(&rs, 4, comm::DType::kInt64, 0);
   if (rs.has) {
-    comm.broadcast(std::span<float>(model->trainable_params(), model->n_trainable()), 0);
-    comm.broadcast(std::span<float>(optimizer.m()), 0);
-    comm.broadcast(std::span<float>(optimizer.v()), 0);
-    optimizer.set_step(rs.optimizer_step);
+    broadcast_trainable(*model, comm);
+    std::vector<float> m(model->n_trainable()), v(model->n_trainable());
+    optimizer->get_moments(m, v);
+    comm.broadcast(std::span<float>(m), 0);
+    comm.broadcast(std::span<float>(v), 0);
+    optimizer->set_moments(m, v);
+    optimizer->set_steps(rs.optimizer_step);
   }
   long step = rs.step;
   uint64_t tokens_seen = static_cast<uint64_t>(rs.tokens_seen);
@@ -580,15 +589,16 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
       c.mode = cfg.train.mode;
       c.lora = cfg.lora;
       c.config_yaml = cfg.resolved_yaml;
-      c.optimizer_step = optimizer.step();
+      c.optimizer_step = optimizer->steps();
       c.beta1 = hp.beta1;
       c.beta2 = hp.beta2;
       c.eps = hp.eps;
       c.weight_decay = hp.weight_decay;
       c.params.resize(model->n_trainable());
       model->get_trainable(c.params);
-      c.adam_m = optimizer.m();
-      c.adam_v = optimizer.v();
+      c.adam_m.resize(model->n_trainable());
+      c.adam_v.resize(model->n_trainable());
+      optimizer->get_moments(c.adam_m, c.adam_v);
       c.data_seed = cfg.run.seed;
       c.data_cursor = steps_done;
       c.dropout_seed = dropout_seed;
@@ -670,9 +680,7 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
     if (world > 1) comm.all_reduce(std::span<double>(&loss_sum, 1), comm::ReduceOp::kSum);
     const double loss = global_targets > 0 ? loss_sum / global_targets : 0.0;
     tokens_trained += static_cast<uint64_t>(global_targets);
-    const float grad_norm = clip_grad_norm(model->trainable_grads(), model->n_trainable(),
-                                           cfg.train.grad_clip);
-    optimizer.update(model->trainable_params(), model->trainable_grads(), lr);
+    optimizer->step(lr, cfg.train.grad_clip);
     tokens_seen += tokens_per_step;
     last_loss = loss;
     ++window_steps;
@@ -695,7 +703,9 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
         summary.best_val_step = done;
       }
     }
-    if (done % cfg.train.log_every == 0 || is_last || do_eval) {
+    const bool do_log = done % cfg.train.log_every == 0 || is_last || do_eval;
+    const float grad_norm = do_log ? optimizer->last_grad_norm() : 0.0f;
+    if (do_log) {
       const double dt = seconds_since(t_window);
       const double tok_s = dt > 0 ? double(window_steps * tokens_per_step) / dt : 0.0;
       const double comm_ms = 1000.0 * window_comm_wait / window_steps;
@@ -737,10 +747,12 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
   summary.tokens_trained = tokens_trained;
   summary.final_train_loss = last_loss;
   summary.grad_bytes_per_step = grad_bytes;
-  if (rank_log.is_open())
-    rank_log << "trainable parameters fingerprint "
-             << base_fingerprint(model->trainable_params(), model->n_trainable()) << " after step "
-             << step << std::endl;
+  if (rank_log.is_open()) {
+    std::vector<float> trained(model->n_trainable());
+    model->get_trainable(trained);
+    rank_log << "trainable parameters fingerprint " << base_fingerprint(trained.data(), trained.size())
+             << " after step " << step << std::endl;
+  }
   // Final (or signal-triggered) checkpoint of the state after `step` steps.
   if (last_checkpoint_step != step) save_checkpoint(step);
   if (lead && cfg.train.mode == TrainMode::kFull && summary.stop_signal == 0) {

@@ -15,6 +15,7 @@
 //    loss_scale * (that mean loss), and calls ready(offset, count) for each range of the trainable
 //    buffer as soon as it is final (last block first), so a gradient reducer can start
 //    communicating while earlier blocks are still being differentiated.
+//  - make_optimizer() gives AdamW with clipping over the trainable buffer, on the same device.
 //  - logits() of the last forward, [n_batch, n_seq, vocab] in host memory, until the next backward
 //    (which reuses the buffer).
 #pragma once
@@ -22,12 +23,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 
 #include "core/model/base_layout.h"
 #include "core/model/lora_layout.h"
 #include "core/model/spec.h"
+#include "core/ops/adamw.h"
 
 namespace lora {
 
@@ -42,6 +45,24 @@ struct ForwardOptions {
 using GradReadyFn = std::function<void(size_t offset, size_t count)>;
 
 enum class DeviceKind { kCpu, kCuda };
+
+// AdamW over a model's trainable buffer with global-norm gradient clipping, its moments kept where
+// the model keeps its parameters (host memory on the CPU, device memory on a GPU), so a step never
+// moves parameters or gradients to the host. Made by Model::make_optimizer.
+class TrainableOptimizer {
+ public:
+  virtual ~TrainableOptimizer() = default;
+  // Scales the trainable gradients so their global L2 norm is at most max_norm (max_norm <= 0:
+  // no clipping), then one AdamW update at learning rate lr (the update count goes up first).
+  virtual void step(float lr, float max_norm) = 0;
+  // The gradient norm before clipping at the last step (a GPU implementation may wait for it).
+  virtual float last_grad_norm() = 0;
+  virtual long steps() const = 0;
+  virtual void set_steps(long steps) = 0;
+  // Host copies of the first and second moments (n_trainable() floats each).
+  virtual void get_moments(std::span<float> m, std::span<float> v) const = 0;
+  virtual void set_moments(std::span<const float> m, std::span<const float> v) = 0;
+};
 
 class Model {
  public:
@@ -64,6 +85,8 @@ class Model {
   virtual float* trainable_params() = 0;
   virtual float* trainable_grads() = 0;
   virtual void zero_grads() = 0;
+  // The optimizer of the trainable buffer (hp.lr is replaced by step()'s lr).
+  virtual std::unique_ptr<TrainableOptimizer> make_optimizer(const ops::AdamWParams& hp) = 0;
 
   // Host copies (n_trainable() / n_base_params() floats).
   virtual void get_trainable(std::span<float> out) const = 0;

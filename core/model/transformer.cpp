@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/model/activations.h"
+#include "core/optimizer.h"
 #include "core/ops/attention.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/dropout.h"
@@ -95,6 +96,46 @@ float* TransformerModel::trainable_grads() {
 void TransformerModel::zero_grads() {
   std::fill(lora_grads_.begin(), lora_grads_.end(), 0.0f);
   std::fill(base_grads_.begin(), base_grads_.end(), 0.0f);
+}
+
+namespace {
+
+// AdamW and clipping on the host buffers of the CPU model.
+class CpuOptimizer final : public TrainableOptimizer {
+ public:
+  CpuOptimizer(TransformerModel& model, const ops::AdamWParams& hp)
+      : model_(model), adamw_(model.n_trainable(), hp) {}
+  void step(float lr, float max_norm) override {
+    norm_ = clip_grad_norm(model_.trainable_grads(), model_.n_trainable(), max_norm);
+    adamw_.update(model_.trainable_params(), model_.trainable_grads(), lr);
+  }
+  float last_grad_norm() override { return norm_; }
+  long steps() const override { return adamw_.step(); }
+  void set_steps(long steps) override { adamw_.set_step(steps); }
+  void get_moments(std::span<float> m, std::span<float> v) const override {
+    LORA_CHECK(m.size() == adamw_.m().size() && v.size() == adamw_.v().size(),
+               "get_moments: wrong sizes");
+    std::copy(adamw_.m().begin(), adamw_.m().end(), m.begin());
+    std::copy(adamw_.v().begin(), adamw_.v().end(), v.begin());
+  }
+  void set_moments(std::span<const float> m, std::span<const float> v) override {
+    LORA_CHECK(m.size() == adamw_.m().size() && v.size() == adamw_.v().size(),
+               "set_moments: ", m.size(), " and ", v.size(), " floats given, ", adamw_.m().size(),
+               " needed");
+    std::copy(m.begin(), m.end(), adamw_.m().begin());
+    std::copy(v.begin(), v.end(), adamw_.v().begin());
+  }
+
+ private:
+  TransformerModel& model_;
+  AdamW adamw_;
+  float norm_ = 0.0f;
+};
+
+}  // namespace
+
+std::unique_ptr<TrainableOptimizer> TransformerModel::make_optimizer(const ops::AdamWParams& hp) {
+  return std::make_unique<CpuOptimizer>(*this, hp);
 }
 
 void TransformerModel::get_trainable(std::span<float> out) const {

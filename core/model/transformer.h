@@ -42,6 +42,7 @@ class TransformerModel final : public Model {
   float* trainable_params() override;
   float* trainable_grads() override;
   void zero_grads() override;
+  std::unique_ptr<TrainableOptimizer> make_optimizer(const ops::AdamWParams& hp) override;
   void get_trainable(std::span<float> out) const override;
   void set_trainable(std::span<const float> in) override;
   void get_base(std::span<float> out) const override;

@@ -1,6 +1,7 @@
 // JSON reader/writer: values and types, parse/dump round trips, string escapes and UTF-8,
 // number forms, and malformed texts rejected with the byte offset where reading failed.
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <cmath>
 #include <limits>
@@ -212,9 +213,53 @@ TEST(Json, ErrorsReportByteOffsets) {
 
 TEST(Json, RejectsExcessiveNesting) {
   const std::string deep = std::string(600, '[') + std::string(600, ']');
-  expect_parse_error(deep, 513, "nesting deeper");
-  const std::string ok = std::string(100, '[') + std::string(100, ']');
+  expect_parse_error(deep, 128, "nesting deeper than 128 levels");
+  const std::string ok = std::string(128, '[') + std::string(128, ']');
   EXPECT_NO_THROW(parse(ok));
+  std::string objects;
+  for (int i = 0; i < 129; ++i) objects += "{\"k\":";
+  objects += "0" + std::string(129, '}');
+  expect_parse_error(objects, 128 * 5, "nesting deeper");
+  expect_parse_error(std::string(1000000, '['), 128, "nesting deeper");
+}
+
+// The deepest accepted documents, and a far deeper one, parse on a thread with a 256 KiB stack:
+// recursion is bounded, whatever the input.
+TEST(Json, DeepestDocumentsFitInASmallStack) {
+  struct Job {
+    int n_ok = 0;
+    int n_refused = 0;
+  } job;
+  auto run = [](void* arg) -> void* {
+    auto* j = static_cast<Job*>(arg);
+    std::string arrays = std::string(128, '[') + std::string(128, ']');
+    std::string objects;
+    for (int i = 0; i < 64; ++i) objects += "{\"key\":[1,";  // 128 levels, objects and arrays
+    objects += "null";
+    for (int i = 0; i < 64; ++i) objects += "]}";
+    for (const std::string* text : {&arrays, &objects}) {
+      try {
+        parse(*text);
+        ++j->n_ok;
+      } catch (const ParseError&) {
+      }
+    }
+    try {
+      parse(std::string(100000, '[') + std::string(100000, ']'));
+    } catch (const ParseError&) {
+      ++j->n_refused;
+    }
+    return nullptr;
+  };
+  pthread_attr_t attr;
+  ASSERT_EQ(pthread_attr_init(&attr), 0);
+  ASSERT_EQ(pthread_attr_setstacksize(&attr, 256 * 1024), 0);
+  pthread_t thread;
+  ASSERT_EQ(pthread_create(&thread, &attr, run, &job), 0);
+  ASSERT_EQ(pthread_join(thread, nullptr), 0);
+  pthread_attr_destroy(&attr);
+  EXPECT_EQ(job.n_ok, 2);
+  EXPECT_EQ(job.n_refused, 1);
 }
 
 TEST(Json, ParseErrorIsAnInputError) {

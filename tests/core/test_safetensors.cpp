@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -457,6 +458,58 @@ TEST_F(SafetensorsTest, CorruptedHeaderBytesGiveInputErrorsOnly) {
   EXPECT_GT(n_rejected, 0u);
 }
 
+// ---- integrity CRC (files written here) ----
+
+TEST_F(SafetensorsTest, FilesWrittenHereCarryAVerifiedCrc) {
+  const std::string file = path("crc.safetensors");
+  const std::vector<float> a = {1, 2, 3, 4}, b = {5, 6};
+  // A caller's own "lora.crc64" is replaced by the real one.
+  write_safetensors(file, {{"a", {2, 2}, a.data()}, {"b", {2}, b.data()}},
+                    {{"format", "pt"}, {"lora.crc64", "not a crc"}});
+  const std::string bytes = read_all(file);
+  {
+    SafetensorsFile f(file);
+    EXPECT_TRUE(f.crc_verified());
+    EXPECT_EQ(f.metadata(), (std::map<std::string, std::string>{{"format", "pt"}}));
+  }
+  const size_t key_at = bytes.find("\"lora.crc64\":\"");
+  ASSERT_NE(key_at, std::string::npos);
+  auto damaged = [&](size_t at, char c) {
+    std::string d = bytes;
+    d[at] = c;
+    write_bytes(file, d);
+  };
+  // A tensor byte, a padding space, a metadata value: no structural check sees these.
+  damaged(bytes.size() - 1, static_cast<char>(bytes.back() ^ 1));
+  expect_open_error(file, {"CRC-64 mismatch", "the file is damaged"});
+  size_t header_end = 0;
+  for (int i = 7; i >= 0; --i) header_end = (header_end << 8) | static_cast<uint8_t>(bytes[i]);
+  header_end += 8;
+  ASSERT_EQ(bytes[header_end - 1], ' ') << "expected space padding before the data";
+  damaged(header_end - 1, '\t');  // still valid JSON whitespace
+  expect_open_error(file, {"CRC-64 mismatch"});
+  damaged(bytes.find("\"pt\"") + 1, 'q');
+  expect_open_error(file, {"CRC-64 mismatch"});
+  // The stored value itself, and the key's name: a damaged key is not a missing one.
+  damaged(key_at + 14, bytes[key_at + 14] == 'a' ? 'b' : 'a');
+  expect_open_error(file, {"CRC-64 mismatch"});
+  damaged(key_at + 14, 'G');
+  expect_open_error(file, {"must be 16 lowercase hex digits"});
+  damaged(key_at + 3, 'X');
+  expect_open_error(file, {"\"loXa.crc64\" is not \"lora.crc64\" but resembles it"});
+  write_bytes(file, bytes);
+  EXPECT_NO_THROW(SafetensorsFile f(file));
+}
+
+TEST_F(SafetensorsTest, FilesWithoutACrcAreReadUnverified) {
+  const std::string file = path("plain.safetensors");
+  write_bytes(file, raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                             f32_bytes({1.5f})));
+  SafetensorsFile f(file);
+  EXPECT_FALSE(f.crc_verified());
+  EXPECT_EQ(f.read_f32("a"), std::vector<float>{1.5f});
+}
+
 // ---- GPT-2 binding ----
 
 ModelSpec small_shape() {
@@ -704,6 +757,24 @@ for name, info in header.items():  # json keeps file order = layout order
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
     pos = e
 assert pos == len(data) == 4 * raw.size, (pos, len(data), raw.size)
+# The integrity value: CRC-64/XZ of the file with its 16 digits replaced by '0' (safetensors.h).
+table = []
+for b in range(256):
+    r = b
+    for _ in range(8):
+        r = (r >> 1) ^ 0xC96C5795D7870F42 if r & 1 else r >> 1
+    table.append(r)
+def crc64(buf):
+    crc = 0xFFFFFFFFFFFFFFFF
+    for byte in buf:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFFFFFFFFFF
+stored = meta["lora.crc64"]
+key = b'"lora.crc64":"' + stored.encode() + b'"'
+at = blob.index(key) + len(key) - 17
+assert blob.count(key) == 1
+zeroed = blob[:at] + b"0" * 16 + blob[at + 16:]
+assert f"{crc64(zeroed):016x}" == stored, (stored, f"{crc64(zeroed):016x}")
 try:
     from safetensors.numpy import load_file
     loaded = load_file(path)

@@ -207,8 +207,8 @@ class PeftConfigReader {
   float positive_number(const char* key, float fallback) const {
     const json::Value* v = find(key);
     if (!v || v->is_null()) return fallback;
-    if (!v->is_number() || !(v->as_double() > 0) || !std::isfinite(v->as_double()))
-      fail(key, "expected a number > 0, got " + json::dump(*v));
+    if (!v->is_number() || !(v->as_double() > 0) || !std::isfinite(static_cast<float>(v->as_double())))
+      fail(key, "expected a number > 0 (within float range), got " + json::dump(*v));
     return static_cast<float>(v->as_double());
   }
   // Every field nobody asked about must be unset: a feature of a newer PEFT we do not know, turned
@@ -273,7 +273,8 @@ std::vector<Pattern> read_patterns(const PeftConfigReader& r, const char* field,
   if (!v || v->is_null()) return out;
   if (!v->is_object()) r.fail(field, "expected an object of module pattern -> value, got " + json::dump(*v));
   for (const auto& [key, value] : v->as_object()) {
-    const bool ok = value.is_number() && value.as_double() > 0 && std::isfinite(value.as_double()) &&
+    const bool ok = value.is_number() && value.as_double() > 0 &&
+                    std::isfinite(static_cast<float>(value.as_double())) &&
                     (!integer || (value.as_double() == std::floor(value.as_double()) &&
                                   value.as_double() <= 1 << 30));
     if (!ok)
@@ -489,7 +490,7 @@ Adapter read_peft_adapter(const std::string& dir, const ModelSpec& spec) {
   }
   for (const SafetensorsTensor& t : file.tensors()) {
     if (expected.count(t.name)) continue;
-    std::string why = "not an adapter of a module target_modules selects";
+    std::string why = "not an adapter of a module the target_modules of " + config_path + " selects";
     if (t.name.find("lora_magnitude_vector") != std::string::npos) why = "a DoRA magnitude vector";
     else if (t.name.find("lora_embedding") != std::string::npos) why = "an embedding adapter";
     else if (t.name.find("modules_to_save") != std::string::npos) why = "a module to save";
@@ -505,12 +506,12 @@ Adapter read_peft_adapter(const std::string& dir, const ModelSpec& spec) {
     const auto [m, is_a] = entry;
     const SafetensorsTensor* t = file.find(name);
     LORA_INPUT_CHECK(t, weights_path, ": missing tensor '", name, "' (", m->name, " is selected by ",
-                     "target_modules)");
+                     "the target_modules of ", config_path, ")");
     const std::vector<int64_t> want = is_a ? std::vector<int64_t>{m->rank, m->d_in}
                                            : std::vector<int64_t>{m->d_out, m->rank};
     LORA_INPUT_CHECK(t->shape == want, weights_path, ": tensor '", name, "': expected shape ",
                      shape_string(want), " (", is_a ? "[r, d_in]" : "[d_out, r]", " with r = ",
-                     m->rank, "), got ", shape_string(t->shape));
+                     m->rank, " as ", config_path, " says), got ", shape_string(t->shape));
     LORA_INPUT_CHECK(t->dtype == "F32" || t->dtype == "F16" || t->dtype == "BF16", weights_path,
                      ": tensor '", name, "': dtype ", t->dtype, " is not supported (expected F32, F16 or BF16)");
     buf.resize(t->numel());

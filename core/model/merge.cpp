@@ -1,3 +1,5 @@
+// Folding adapters into the base weights (merge.h): one sgemm per adapted module, in the family's
+// weight orientation.
 #include "core/model/merge.h"
 
 #include <cblas.h>

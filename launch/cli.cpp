@@ -48,6 +48,8 @@ commands:
   sweep SWEEP.yaml [--ranks-per-run N] [--only I] [--list] [--emit-slurm FILE]
                          many runs of one base config (a LoRA rank sweep) in one job
   report DIR             tables and plots of a run or a sweep's runs
+  tokenize --tokenizer TOKENIZER.json|MODEL_DIR [--decode] [FILE]
+                         text to token ids (one line of ids per line), or ids back to text
 
 Run `lora <command> --help` for a command's options.
 Launch data-parallel runs with `mpirun -np N lora train ...` or `srun lora train ...`.
@@ -94,8 +96,10 @@ options:
 
 const char* kGenerateHelp = R"(usage: lora generate CONFIG.yaml --prompt TEXT [options]
 
-Continues TEXT with the model of the config (byte-level text models; for token-format models the
-prompt is a comma-separated list of token ids and the output is token ids).
+Continues TEXT with the model of the config. With a tokenizer (data.tokenizer, or model.path's
+tokenizer.json) the prompt is tokenized, the output decoded, and generation stops at EOS; without
+one, byte-level text models take and print bytes, and token-format models take a comma-separated
+list of token ids and print token ids.
 
 options:
   --prompt TEXT          the text to continue (required)
@@ -177,6 +181,21 @@ against step, one line per run) and DIR/rank_vs_loss.svg (final val loss against
 and prints the table.
 )";
 
+const char* kTokenizeHelp = R"(usage: lora tokenize --tokenizer TOKENIZER.json|MODEL_DIR [--decode] [FILE]
+
+Reads FILE (standard input when absent) line by line and prints, for each line, the token ids of
+its text (without the line break, without BOS/EOS) separated by spaces, one line per input line.
+With --decode each input line holds such ids and the decoded text is printed instead. The
+tokenizer is a Hugging Face tokenizer.json or a model directory holding one.
+
+options:
+  --tokenizer PATH       tokenizer.json or model directory (required)
+  --decode               ids to text
+  -h, --help             this text
+
+Invalid UTF-8, a non-numeric id or an id outside the vocabulary is exit 2 with FILE:LINE.
+)";
+
 std::atomic<int> g_stop_signal{0};
 
 extern "C" void on_stop_signal(int sig) {
@@ -216,6 +235,8 @@ struct Args {
   bool list = false;
   std::string emit_slurm;
   int max_parallel = 0;
+  std::string tokenizer;
+  bool decode = false;
   bool help = false;
 };
 
@@ -289,6 +310,8 @@ Args parse_args(int argc, char** argv) {
       if (a.only < 0) throw InputError("--only: expected a point index >= 0, got " + std::to_string(a.only));
     }
     else if (s == "--list") a.list = true;
+    else if (is("--tokenizer")) a.tokenizer = value("--tokenizer");
+    else if (s == "--decode") a.decode = true;
     else if (is("--emit-slurm")) a.emit_slurm = value("--emit-slurm");
     else if (is("--max-parallel")) {
       const long n = parse_long("--max-parallel", value("--max-parallel"));
@@ -297,7 +320,9 @@ Args parse_args(int argc, char** argv) {
     }
     else if (!s.empty() && s[0] == '-') throw InputError("unknown option '" + s + "' for `lora " + a.command + "` (see lora " + a.command + " --help)");
     else if (a.config.empty()) a.config = s;
-    else throw InputError("unexpected argument '" + s + "' (one config/checkpoint file expected)");
+    else throw InputError("unexpected argument '" + s + "' (" +
+                          (a.command == "tokenize" ? std::string("one input file expected")
+                                                   : std::string("one config/checkpoint file expected")) + ")");
   }
   return a;
 }
@@ -311,6 +336,7 @@ const char* help_for(const std::string& command) {
   if (command == "report") return kReportHelp;
   if (command == "export") return kExportHelp;
   if (command == "merge") return kMergeHelp;
+  if (command == "tokenize") return kTokenizeHelp;
   return kMainHelp;
 }
 
@@ -332,6 +358,22 @@ int cli_main(int argc, char** argv) {
   if (args.help) {
     std::fputs(help_for(args.command), stdout);
     return 0;
+  }
+  if (args.command == "tokenize") {
+    if (args.tokenizer.empty()) {
+      std::fprintf(stderr, "lora: error: `lora tokenize` needs --tokenizer TOKENIZER.json|MODEL_DIR\n\n%s",
+                   kTokenizeHelp);
+      return 2;
+    }
+    try {
+      return run_tokenize(TokenizeArgs{args.tokenizer, args.config, args.decode});
+    } catch (const InputError& e) {
+      std::fprintf(stderr, "lora: error: %s\n", e.what());
+      return 2;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "lora: error: %s\n", e.what());
+      return 1;
+    }
   }
   if (args.config.empty()) {
     const char* what = args.command == "inspect" || args.command == "export" ? "a checkpoint file"

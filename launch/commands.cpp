@@ -1,12 +1,16 @@
-// train, eval, generate, inspect, export and merge: the subcommands of the `lora` CLI.
+// train, eval, generate, inspect, tokenize, export and merge: the subcommands of the `lora` CLI.
 #include "launch/commands.h"
 
 #include <algorithm>
+#include <charconv>
+#include <climits>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "core/error.h"
@@ -15,6 +19,8 @@
 #include "core/model/merge.h"
 #include "core/model/transformer.h"
 #include "core/rng.h"
+#include "core/tokenizer.h"
+#include "core/unicode.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/data.h"
@@ -109,7 +115,7 @@ int run_eval(World& world, const EvalArgs& args) {
   comm::Communicator& comm = world.communicator(cfg.comm.backend);
   std::string what;
   auto model = model_for_inference(cfg, args.adapter, &what);
-  const TokenStream val(cfg.data.val, cfg.data.format, cfg.model.spec.vocab_size, cfg.data.seq_len);
+  const TokenStream val = load_token_stream(cfg, cfg.data.val, &comm);
   const WindowEval r = evaluate_windows(*model, val, cfg.data.seq_len, cfg.train.micro_batch,
                                         args.max_windows, comm);
   if (world.rank() != 0) return 0;
@@ -181,10 +187,20 @@ int run_generate(World& world, const GenerateArgs& args) {
   if (world.rank() != 0) return 0;  // generation is a single-process job
   auto model = model_for_inference(cfg, args.adapter, nullptr);
   const int V = cfg.model.spec.vocab_size, max_t = cfg.model.spec.max_seq_len;
-  const bool text = cfg.data.format == DataFormat::kText;
+  // With a tokenizer the prompt is tokenized (BOS first when the tokenizer adds one) and the
+  // output decoded; generation stops at EOS.
+  std::optional<Tokenizer> tokenizer;
+  if (!tokenizer_source(cfg).empty()) tokenizer = Tokenizer::load(tokenizer_source(cfg));
+  const bool text = !tokenizer && cfg.data.format == DataFormat::kText;
 
   std::vector<int32_t> context;
-  if (text) {
+  if (tokenizer) {
+    if (tokenizer->add_bos()) context.push_back(tokenizer->bos_id());
+    const std::vector<int32_t> ids = tokenizer->encode(args.prompt);
+    context.insert(context.end(), ids.begin(), ids.end());
+    for (int32_t id : context)
+      LORA_INPUT_CHECK(id < V, "--prompt: token id ", id, " of the tokenized prompt is >= model.vocab_size ", V);
+  } else if (text) {
     for (unsigned char ch : args.prompt) context.push_back(ch);
   } else {
     std::stringstream ss(args.prompt);
@@ -226,10 +242,17 @@ int run_generate(World& world, const GenerateArgs& args) {
         }
       }
     }
+    if (tokenizer && next == tokenizer->eos_id()) break;
     context.push_back(next);
     generated.push_back(next);
   }
-  if (text) {
+  if (tokenizer) {
+    // The continuation decoded in context (SentencePiece decoders treat a leading "▁" specially).
+    std::vector<int32_t> prompt_ids = tokenizer->encode(args.prompt), all = prompt_ids;
+    all.insert(all.end(), generated.begin(), generated.end());
+    const std::string before = tokenizer->decode(prompt_ids), whole = tokenizer->decode(all);
+    std::cout << (whole.starts_with(before) ? args.prompt + whole.substr(before.size()) : whole) << std::endl;
+  } else if (text) {
     std::string s = args.prompt;
     for (int32_t t : generated) s.push_back(static_cast<char>(t));
     std::cout << s << std::endl;
@@ -242,6 +265,61 @@ int run_generate(World& world, const GenerateArgs& args) {
 
 int run_inspect(const std::string& checkpoint) {
   std::cout << describe_checkpoint(checkpoint);
+  return 0;
+}
+
+int run_tokenize(const TokenizeArgs& args) {
+  const Tokenizer tokenizer = Tokenizer::load(args.tokenizer);
+  std::ifstream file;
+  if (!args.input.empty()) {
+    std::error_code ec;
+    LORA_INPUT_CHECK(std::filesystem::is_regular_file(args.input, ec), args.input,
+                     ": input file does not exist or is not a regular file");
+    file.open(args.input, std::ios::binary);
+    LORA_INPUT_CHECK(file, args.input, ": input file cannot be read");
+  }
+  std::istream& in = args.input.empty() ? std::cin : file;
+  const std::string name = args.input.empty() ? "<stdin>" : args.input;
+  Encoder encoder(tokenizer);
+  std::vector<int32_t> ids;
+  std::string line, out;
+  size_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    const std::string where = detail::concat(name, ":", line_no);
+    out.clear();
+    ids.clear();
+    if (!args.decode) {
+      const size_t bad = unicode::invalid_utf8_offset(line);
+      LORA_INPUT_CHECK(bad == std::string::npos, where, ": byte ", bad, " of the line is not valid UTF-8");
+      encoder.encode(line, &ids);
+      for (size_t i = 0; i < ids.size(); ++i) {
+        if (i) out.push_back(' ');
+        out += std::to_string(ids[i]);
+      }
+    } else {
+      std::istringstream ss(line);
+      std::string item;
+      while (ss >> item) {
+        int64_t id = -1;
+        const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), id);
+        LORA_INPUT_CHECK(ec == std::errc() && ptr == item.data() + item.size(), where,
+                         ": expected token ids separated by spaces, got '", item, "'");
+        LORA_INPUT_CHECK(id >= 0 && id < tokenizer.vocab_size() && id <= INT32_MAX, where, ": token id ", id,
+                         " is not in the vocabulary of ", tokenizer.source(), " (", tokenizer.vocab_size(), " ids)");
+        ids.push_back(static_cast<int32_t>(id));
+      }
+      try {
+        out = tokenizer.decode(ids);
+      } catch (const InputError& e) {
+        throw InputError(detail::concat(where, ": ", e.what()));
+      }
+    }
+    out.push_back('\n');
+    std::fwrite(out.data(), 1, out.size(), stdout);
+  }
+  LORA_CHECK(!in.bad(), name, ": read failed");
+  std::fflush(stdout);
   return 0;
 }
 

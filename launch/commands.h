@@ -53,4 +53,12 @@ int run_merge(const MergeArgs& args);
 int run_generate(World& world, const GenerateArgs& args);
 int run_inspect(const std::string& checkpoint);
 
+struct TokenizeArgs {
+  std::string tokenizer;  // tokenizer.json or model directory
+  std::string input;      // empty: standard input
+  bool decode = false;
+};
+// `lora tokenize`: text lines to id lines, or (decode) id lines to text.
+int run_tokenize(const TokenizeArgs& args);
+
 }  // namespace lora

@@ -17,7 +17,10 @@
 
 namespace lora {
 
-enum class DataFormat { kText, kTokens };
+enum class DataFormat { kText, kTokens, kJsonl };
+// How JSONL examples become text (DESIGN.md section 4, Data): none = the texts as they are;
+// chatml = Qwen2's chat template; llama3 = Llama 3's.
+enum class ChatTemplate { kNone, kChatml, kLlama3 };
 enum class LrSchedule { kCosine, kConstant };
 enum class DeviceBackend { kAuto, kCpu, kCuda };
 enum class CommBackend { kAuto, kLocal, kMpi, kNccl };
@@ -41,6 +44,10 @@ struct DataConfig {
   std::vector<std::string> val;  // may be empty: no evaluation
   DataFormat format = DataFormat::kText;
   int seq_len = 64;
+  std::string tokenizer;  // tokenizer.json or model directory; empty: bytes are tokens (text)
+  ChatTemplate chat_template = ChatTemplate::kNone;
+  bool mask_prompt = true;  // jsonl: loss only on completion / assistant tokens
+  bool pack = true;         // jsonl: pack examples into seq_len windows (else one per sequence)
 };
 
 struct TrainConfig {
@@ -111,6 +118,10 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
 std::string resolved_config_yaml(const Config& c);
 
 std::string_view data_format_name(DataFormat f);
+std::string_view chat_template_name(ChatTemplate t);
+// The tokenizer the data uses: data.tokenizer, else model.path when that directory holds a
+// tokenizer.json. Empty: none (text bytes are the tokens).
+std::string tokenizer_source(const Config& c);
 std::string_view lr_schedule_name(LrSchedule s);
 std::string_view train_mode_name(TrainMode m);
 

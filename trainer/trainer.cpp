@@ -78,8 +78,7 @@ void fill_batch(const TokenStream& data, uint64_t seed, uint64_t step, int rank,
     const uint64_t global = static_cast<uint64_t>(rank) +
                             static_cast<uint64_t>(world) * (static_cast<uint64_t>(micro) * m + j);
     seq_ids[j] = global;
-    const size_t start = sequence_start(seed, step, global, data.size(), seq_len);
-    data.copy_sequence(start, seq_len, tokens + static_cast<size_t>(j) * seq_len,
+    data.fill_sequence(seed, step, global, seq_len, tokens + static_cast<size_t>(j) * seq_len,
                        targets + static_cast<size_t>(j) * seq_len);
   }
 }
@@ -149,8 +148,7 @@ double evaluate(Model& model, const TokenStream& val, const Config& cfg, comm::C
     for (int j = 0; j < n; ++j) {
       const uint64_t i = static_cast<uint64_t>(mine[begin + j]);
       ids[j] = i;
-      const size_t start = sequence_start(hash_u64(cfg.run.seed, kEvalStream), 0, i, val.size(), T);
-      val.copy_sequence(start, T, tokens.data() + static_cast<size_t>(j) * T,
+      val.fill_sequence(hash_u64(cfg.run.seed, kEvalStream), 0, i, T, tokens.data() + static_cast<size_t>(j) * T,
                         targets.data() + static_cast<size_t>(j) * T);
     }
     const float loss = model.forward(tokens.data(), targets.data(), n, T);
@@ -164,10 +162,14 @@ double evaluate(Model& model, const TokenStream& val, const Config& cfg, comm::C
 WindowEval evaluate_windows(Model& model, const TokenStream& val, int seq_len, int micro_batch,
                             long max_windows, comm::Communicator& comm) {
   LORA_CHECK(seq_len > 0 && micro_batch > 0, "seq_len and micro_batch must be positive");
+  // One example per sequence (JSONL without packing): each example is one window, padded.
+  const bool examples = val.one_example_per_sequence();
   const size_t n_targets = val.size() > 0 ? val.size() - 1 : 0;
-  long windows = static_cast<long>((n_targets + seq_len - 1) / seq_len);
+  long windows = examples ? static_cast<long>(val.n_examples())
+                          : static_cast<long>((n_targets + seq_len - 1) / seq_len);
   if (max_windows > 0) windows = std::min(windows, max_windows);
   auto length = [&](long w) {
+    if (examples) return seq_len;
     return static_cast<int>(std::min<size_t>(seq_len, n_targets - static_cast<size_t>(w) * seq_len));
   };
   std::vector<int32_t> tokens(static_cast<size_t>(micro_batch) * seq_len), targets(tokens.size());
@@ -175,10 +177,12 @@ WindowEval evaluate_windows(Model& model, const TokenStream& val, int seq_len, i
   std::vector<long> batch;
   auto run = [&](int len) {
     const int n = static_cast<int>(batch.size());
-    for (int j = 0; j < n; ++j)
-      val.copy_sequence(static_cast<size_t>(batch[j]) * seq_len, len,
-                        tokens.data() + static_cast<size_t>(j) * len,
-                        targets.data() + static_cast<size_t>(j) * len);
+    for (int j = 0; j < n; ++j) {
+      int32_t* x = tokens.data() + static_cast<size_t>(j) * len;
+      int32_t* y = targets.data() + static_cast<size_t>(j) * len;
+      if (examples) val.copy_example(static_cast<size_t>(batch[j]), len, x, y);
+      else val.copy_sequence(static_cast<size_t>(batch[j]) * seq_len, len, x, y);
+    }
     const float loss = model.forward(tokens.data(), targets.data(), n, len);
     sums[0] += static_cast<double>(loss) * static_cast<double>(model.n_targets());
     sums[1] += static_cast<double>(model.n_targets());
@@ -224,7 +228,13 @@ const std::set<std::string> kFrozenOnResume = {
     "model.arch", "model.vocab_size", "model.n_layer", "model.n_head", "model.n_kv_head",
     "model.d_model", "model.d_ff", "model.max_seq_len", "model.rope_theta",
     "model.tie_embeddings", "lora.rank", "lora.alpha", "lora.rslora", "lora.targets",
-    "train.mode", "run.seed", "data.format", "data.seq_len"};
+    "train.mode", "run.seed", "data.format", "data.seq_len", "data.tokenizer", "data.template",
+    "data.mask_prompt", "data.pack"};
+
+// Keys added after checkpoints already existed, with the value that means what their absence
+// meant: a checkpoint without the key resumes under that value with no change to report.
+const std::map<std::string, std::string> kAddedKeyDefaults = {
+    {"data.tokenizer", "~"}, {"data.template", "none"}, {"data.mask_prompt", "true"}, {"data.pack", "true"}};
 
 // Resume state that every rank needs, sent from rank 0 (only rank 0 reads the file).
 struct ResumeScalars {
@@ -247,6 +257,10 @@ std::vector<std::string> resume_config_changes(const std::string& ckpt_yaml, con
     auto it = old_keys.find(key);
     const std::string old_value = it == old_keys.end() ? "(unset)" : it->second;
     if (old_value == value) continue;
+    if (it == old_keys.end()) {
+      const auto d = kAddedKeyDefaults.find(key);
+      if (d != kAddedKeyDefaults.end() && d->second == value) continue;
+    }
     // A key the checkpoint's config does not have was added after it was written (model.n_kv_head,
     // say); the model spec itself is compared by check_checkpoint_fits.
     if (kFrozenOnResume.count(key) && it != old_keys.end())
@@ -493,10 +507,14 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
   const int threads = configure_threads(cfg.device.threads);
 
   // Data: every rank holds the whole stream; the global index decides which sequence it reads.
-  const TokenStream train_data(cfg.data.train, cfg.data.format, cfg.model.spec.vocab_size, T);
+  // Text with a tokenizer is tokenized once, by rank 0, into a cache every rank then reads.
+  const TokenStream train_data = load_token_stream(cfg, cfg.data.train, &comm);
   TokenStream val_data;
-  if (!cfg.data.val.empty())
-    val_data = TokenStream(cfg.data.val, cfg.data.format, cfg.model.spec.vocab_size, T);
+  if (!cfg.data.val.empty()) val_data = load_token_stream(cfg, cfg.data.val, &comm);
+  if (lead) {
+    for (const TokenStream* d : {&train_data, static_cast<const TokenStream*>(&val_data)})
+      for (const std::string& line : d->summary()) out << "lora: " << line << "\n";
+  }
 
   auto model = init ? build_model_with_adapter(given_cfg, *init, "lora.init_from") : build_model(cfg);
   const std::string fingerprint = model->base_fingerprint();

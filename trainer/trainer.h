@@ -82,7 +82,9 @@ struct WindowEval {
 };
 // Every target of `val` once: consecutive windows of seq_len inputs starting at token 0, seq_len,
 // 2 seq_len, ... (window w predicts tokens w seq_len + 1 .. (w + 1) seq_len), the last window
-// shorter when the stream does not divide evenly, so n_tokens - 1 targets in all. Only the first
+// shorter when the stream does not divide evenly, so n_tokens - 1 targets in all (masked targets,
+// such as prompt tokens of instruction data, are not counted). With one example per sequence
+// (JSONL without packing) each example is one window. Only the first
 // max_windows windows when max_windows > 0. Windows run micro_batch at a time; window w goes to
 // rank w mod world, and the sums are all-reduced, so every rank returns the same result.
 WindowEval evaluate_windows(Model& model, const TokenStream& val, int seq_len, int micro_batch,

@@ -112,8 +112,7 @@ int run(const ModelSpec& shape, TrainMode train_mode, const std::optional<LoraSp
 }  // namespace
 
 int main(int argc, char** argv) {
-  ModelSpec shape = family_spec("gpt2", ModelSpec{.vocab_size = 50257, .max_seq_len = 1024,
-                                                   .n_layer = 12, .n_head = 12, .d_model = 768});
+  ModelSpec shape = gpt2_spec(50257, 1024, 12, 12, 768);
   int seq = 1024, batch = 4, steps = 10, warmup = 3;
   std::string mode = "lora", targets = "attn.qkv,attn.proj";
   LoraSpec spec;

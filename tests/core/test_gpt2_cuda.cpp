@@ -37,7 +37,7 @@
 namespace lora {
 namespace {
 
-const ModelSpec kShape = family_spec("gpt2", ModelSpec{.vocab_size = 29, .max_seq_len = 12, .n_layer = 2, .n_head = 2, .d_model = 16});
+const ModelSpec kShape = gpt2_spec(29, 12, 2, 2, 16);
 constexpr int kB = 2, kT = 8;
 
 struct Batch {

@@ -69,7 +69,8 @@ std::unique_ptr<Model> model_for_inference(const Config& cfg, const std::string&
 
 int run_train(World& world, const TrainArgs& args) {
   const Config cfg = load_config(args.config, args.overrides);
-  comm::Communicator& comm = world.communicator(cfg.comm.backend);
+  comm::Communicator& comm =
+      world.communicator(cfg.comm.backend, World::timeout_of(cfg.comm.timeout_s));
   TrainOptions opts;
   if (args.resume == "auto") {
     opts.resume = ResumeMode::kAuto;
@@ -112,7 +113,8 @@ int run_eval(World& world, const EvalArgs& args) {
   LORA_INPUT_CHECK(!cfg.data.val.empty(), args.config, ": data.val: `lora eval` needs validation data");
   LORA_INPUT_CHECK(args.max_windows >= 0, "--max-windows: expected a positive integer, got ",
                    args.max_windows);
-  comm::Communicator& comm = world.communicator(cfg.comm.backend);
+  comm::Communicator& comm =
+      world.communicator(cfg.comm.backend, World::timeout_of(cfg.comm.timeout_s));
   std::string what;
   auto model = model_for_inference(cfg, args.adapter, &what);
   const TokenStream val = load_token_stream(cfg, cfg.data.val, &comm);

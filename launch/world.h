@@ -1,8 +1,16 @@
 // The process's place in the job: detects how it was launched (mpirun, srun or a plain process),
 // starts MPI when there is more than one rank, and hands out the communicator the config asks for
 // (comm.backend: auto picks MPI when the world has more than one rank, local otherwise).
+//
+// A rank never outlives its launcher: in a multi-rank job a watch thread checks the parent process
+// (mpirun, Open MPI's orted, Slurm's slurmstepd) twice a second, and when the parent is gone (the
+// process was re-parented) it prints so and ends this rank with exit code 1. Without it, a rank
+// whose mpirun was killed would wait in its next collective until comm.timeout_s.
+// abort() never hangs: if MPI_Abort has not ended the process after kAbortGraceSeconds (its
+// launcher may be unreachable), the process exits by itself.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -25,9 +33,15 @@ class World {
   // "rank 3 (node07): " in a multi-rank job, "" for a single process.
   std::string label() const;
 
-  // The world communicator for the configured backend. Throws lora::InputError when the backend
-  // cannot serve this job (local with several ranks, nccl without CUDA).
-  comm::Communicator& communicator(CommBackend backend);
+  // The world communicator for the configured backend; timeout bounds its start-up collectives
+  // and becomes its timeout(). Throws lora::InputError when the backend cannot serve this job
+  // (local with several ranks, nccl without CUDA).
+  comm::Communicator& communicator(CommBackend backend,
+                                   std::chrono::milliseconds timeout = std::chrono::minutes(5));
+  // comm.timeout_s as the communicator's timeout.
+  static std::chrono::milliseconds timeout_of(double timeout_s);
+
+  static constexpr int kAbortGraceSeconds = 10;
 
   // Ends every rank of the job with this exit code.
   [[noreturn]] void abort(int exit_code);

@@ -48,6 +48,7 @@ constexpr const char* kLeafKeys[] = {
     "model.dtype",       "lora.rank",
     "lora.alpha",        "lora.dropout",       "lora.rslora",
     "lora.targets",      "lora.init.a",        "lora.init.b",
+    "lora.init_from",
     "data.train",        "data.val",           "data.format",
     "data.seq_len",      "data.tokenizer",     "data.template",
     "data.mask_prompt",  "data.pack",
@@ -204,6 +205,11 @@ class LeafTable {
   const Leaf* find(const std::string& path) const {
     auto it = leaves_.find(path);
     return it == leaves_.end() ? nullptr : &it->second;
+  }
+  std::set<std::string> given_keys() const {
+    std::set<std::string> keys;
+    for (const auto& [path, leaf] : leaves_) keys.insert(path);
+    return keys;
   }
 
   // Where a key's value came from, or the file alone when the key was left at its default.
@@ -433,6 +439,25 @@ std::string resolve_tokenizer_path(const std::string& path, const std::string& w
   return resolve_input_file(path, where, "data.tokenizer", source);
 }
 
+// A file or directory (lora.init_from: a checkpoint or a PEFT adapter directory), resolved like
+// resolve_input_file; it must exist.
+std::string resolve_input_path(const std::string& path, const std::string& where,
+                               const std::string& key, const std::string& source) {
+  fs::path p(path);
+  if (p.is_relative() && !where.starts_with("--set ")) p = fs::path(source).parent_path() / p;
+  std::error_code ec;
+  fs::path abs = fs::absolute(p, ec);
+  if (ec) abs = p;
+  abs = abs.lexically_normal();
+  if (abs.has_parent_path() && abs.filename().empty()) abs = abs.parent_path();
+  if (!fs::exists(abs, ec)) {
+    throw InputError(detail::concat(where, ": ", key, ": '", path, "' does not exist (looked for ",
+                                    abs.string(), "; expected a checkpoint file or a PEFT adapter "
+                                    "directory)"));
+  }
+  return abs.string();
+}
+
 // A directory path (model.path), resolved like resolve_input_file; it must name a directory.
 std::string resolve_input_dir(const std::string& path, const std::string& where,
                               const std::string& key, const std::string& source) {
@@ -536,7 +561,9 @@ std::string emit_resolved(const Config& c) {
   out << YAML::Key << "init" << YAML::Value << YAML::BeginMap;
   plain("a", lora_init_a_name(c.lora.init_a));
   plain("b", lora_init_b_name(c.lora.init_b));
-  out << YAML::EndMap << YAML::EndMap;
+  out << YAML::EndMap;
+  str("init_from", c.lora_init_from);
+  out << YAML::EndMap;
 
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
   paths("train", c.data.train);
@@ -746,6 +773,10 @@ Config build_config(const LeafTable& table) {
   }
   l.init_a = static_cast<LoraInitA>(r.get_enum("lora.init.a", 0, {"gaussian", "kaiming", "zeros"}));
   l.init_b = static_cast<LoraInitB>(r.get_enum("lora.init.b", 0, {"zeros", "gaussian"}));
+  c.lora_init_from = r.get_string("lora.init_from", "", true);
+  if (!c.lora_init_from.empty())
+    c.lora_init_from = resolve_input_path(c.lora_init_from, r.where("lora.init_from"),
+                                          "lora.init_from", table.source());
 
   // data
   c.data.format = static_cast<DataFormat>(r.get_enum("data.format", 0, {"text", "tokens", "jsonl"}));
@@ -903,6 +934,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
   for (const std::string& o : overrides) table.add_override(o);
   Config c = build_config(table);
   c.source_path = source_name;
+  c.given_keys = table.given_keys();
   c.resolved_yaml = emit_resolved(c);
   return c;
 }
@@ -919,6 +951,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (in.bad()) throw InputError(detail::concat(path, ": error while reading the config file"));
   return parse_config(text.str(), path, overrides);
 }
+
+std::string resolved_config_yaml(const Config& c) { return emit_resolved(c); }
 
 std::string_view data_format_name(DataFormat f) {
   switch (f) {

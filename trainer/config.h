@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -87,6 +88,9 @@ struct Config {
   RunConfig run;
   ModelConfig model;
   LoraSpec lora;
+  // lora.init_from: adapters to start training from (a checkpoint or a PEFT adapter directory,
+  // resolved against the config's directory); empty: lora.init.
+  std::string lora_init_from;
   DataConfig data;
   TrainConfig train;
   CheckpointConfig checkpoint;
@@ -95,6 +99,7 @@ struct Config {
 
   std::string source_path;    // the YAML file it came from
   std::string resolved_yaml;  // every key with its final value (written to output_dir/config.yaml)
+  std::set<std::string> given_keys;  // the leaf keys the file or a --set gave ("lora.rank", ...)
 
   long global_batch(int world_size) const {
     return static_cast<long>(train.micro_batch) * train.grad_accum * world_size;
@@ -108,6 +113,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 // Same, from YAML text (source_name stands in for the path in messages and path resolution).
 Config parse_config(const std::string& yaml_text, const std::string& source_name,
                     const std::vector<std::string>& overrides = {});
+
+// The resolved YAML of c (what resolved_yaml holds), for a Config changed after parsing.
+std::string resolved_config_yaml(const Config& c);
 
 std::string_view data_format_name(DataFormat f);
 std::string_view chat_template_name(ChatTemplate t);

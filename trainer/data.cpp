@@ -171,7 +171,12 @@ void TokenStream::fill_sequence(uint64_t seed, uint64_t step, uint64_t index, in
     copy_sequence(sequence_start(seed, step, index, tokens_.size(), seq_len), seq_len, inputs, targets);
     return;
   }
-  const size_t k = static_cast<size_t>(hash_u64(seed, step, index) % n_examples());
+  copy_example(static_cast<size_t>(hash_u64(seed, step, index) % n_examples()), seq_len, inputs,
+               targets);
+}
+
+void TokenStream::copy_example(size_t k, int seq_len, int32_t* inputs, int32_t* targets) const {
+  LORA_CHECK(k < n_examples(), "example ", k, " of ", n_examples());
   const size_t begin = example_offsets_[k], end = example_offsets_[k + 1];
   const size_t n = end - begin;  // at most seq_len + 1 (truncated when loaded)
   for (int j = 0; j < seq_len; ++j) {

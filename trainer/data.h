@@ -61,6 +61,8 @@ class TokenStream {
                      int32_t* targets) const;
   // Writes seq_len inputs and seq_len targets of the stream sequence starting at `start`.
   void copy_sequence(size_t start, int seq_len, int32_t* inputs, int32_t* targets) const;
+  // One example per sequence: example k (< n_examples()) as fill_sequence gives it, padded.
+  void copy_example(size_t k, int seq_len, int32_t* inputs, int32_t* targets) const;
 
   // Lines for the start-up summary (what was read, tokenized, cached, truncated, filtered).
   const std::vector<std::string>& summary() const { return summary_; }

@@ -738,7 +738,7 @@ TEST(ConfigResolvedYaml, HoldsEveryKeyWithItsFinalValue) {
   const std::vector<std::pair<std::string, std::vector<std::string>>> schema = {
       {"run", {"name", "output_dir", "seed"}},
       {"model", {"arch", "weights", "vocab_size", "n_layer", "n_head", "d_model", "max_seq_len", "dtype"}},
-      {"lora", {"rank", "alpha", "dropout", "rslora", "targets", "init"}},
+      {"lora", {"rank", "alpha", "dropout", "rslora", "targets", "init", "init_from"}},
       {"data", {"train", "val", "format", "seq_len", "tokenizer", "template", "mask_prompt", "pack"}},
       {"train", {"mode", "micro_batch", "grad_accum", "steps", "lr", "warmup_steps", "schedule",
                  "min_lr", "weight_decay", "grad_clip", "eval_every", "eval_batches", "log_every"}},

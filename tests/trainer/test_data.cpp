@@ -685,6 +685,41 @@ TEST(Jsonl, PackedTargetsAreIgnoredOutsideTheAnswers) {
   EXPECT_NE(s.summary()[0].find("5 examples (chatml, packed)"), std::string::npos) << s.summary()[0];
 }
 
+// `lora eval` on instruction data: every trained target once (prompt tokens and pads are not
+// counted); packed data in consecutive windows, unpacked data one example per window.
+TEST(Jsonl, EvalWindowsCountEveryTrainedTargetOnce) {
+  LORA_REQUIRE_REFERENCE_TOKENIZERS(ref);
+  TempDir dir;
+  chat_examples(dir);
+  const lora::Tokenizer tok = lora::Tokenizer::load(ref->dir("qwen2"));
+  const std::vector<Example> ex = encode_jsonl(dir.file("chat.jsonl"), lora::ChatTemplate::kChatml, tok);
+  lora::comm::LocalCommunicator comm;
+  for (bool pack : {true, false}) {
+    const int T = pack ? 16 : 40;  // unpacked examples keep their first T + 1 tokens
+    const lora::Config cfg = jsonl_config(dir, ref->dir("qwen2"), "chatml", pack, T);
+    const lora::TokenStream s = lora::load_token_stream(cfg, cfg.data.train, nullptr);
+    long want_tokens = 0, want_windows = 0;
+    if (pack) {
+      long n = 0;
+      for (const Example& e : ex) n += static_cast<long>(e.ids.size());
+      bool first = true;
+      for (const Example& e : ex)
+        for (size_t k = 0; k < e.ids.size(); ++k, first = false)
+          if (!first) want_tokens += e.trained[k];
+      want_windows = (n - 1 + T - 1) / T;
+    } else {
+      for (const Example& e : ex)
+        for (size_t k = 1; k < std::min<size_t>(e.ids.size(), T + 1); ++k) want_tokens += e.trained[k];
+      want_windows = static_cast<long>(ex.size());
+    }
+    auto model = lora::build_model(cfg);
+    const lora::WindowEval r = lora::evaluate_windows(*model, s, T, 3, 0, comm);
+    EXPECT_EQ(r.tokens, want_tokens) << (pack ? "packed" : "one example per sequence");
+    EXPECT_EQ(r.windows, want_windows) << (pack ? "packed" : "one example per sequence");
+    EXPECT_TRUE(std::isfinite(r.loss));
+  }
+}
+
 TEST(Jsonl, OneExamplePerSequencePadsAndTruncates) {
   LORA_REQUIRE_REFERENCE_TOKENIZERS(ref);
   TempDir dir;

@@ -25,7 +25,7 @@
 using namespace lora;
 
 int main(int argc, char** argv) {
-  ModelSpec sizes{.vocab_size = 256, .max_seq_len = 128, .n_layer = 4, .n_head = 4, .d_model = 256};
+  ModelSpec sizes = gpt2_spec(256, 128, 4, 4, 256);
   int seq = 128, batch = 8, threads = 1, steps = 10, warmup = 2;
   std::string mode = "lora", targets = "", arch = "gpt2";
   LoraSpec spec;

@@ -66,8 +66,7 @@ class RecordingCommunicator final : public comm::Communicator {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  ModelSpec shape = family_spec("gpt2", ModelSpec{.vocab_size = 256, .max_seq_len = 128, .n_layer = 4,
-                                                   .n_head = 4, .d_model = 256});
+  ModelSpec shape = gpt2_spec(256, 128, 4, 4, 256);
   std::string mode = "lora", targets = "attn.qkv,attn.proj";
   double bucket_mb = 25.0;
   LoraSpec spec;

@@ -36,8 +36,7 @@ struct NamedShape {
 // Hugging Face GPT-2 checkpoints: vocab 50257, context 1024.
 std::vector<NamedShape> gpt2_family() {
   auto shape = [](int n_layer, int d_model, int n_head) {
-    return family_spec("gpt2", ModelSpec{.vocab_size = 50257, .max_seq_len = 1024,
-                                         .n_layer = n_layer, .n_head = n_head, .d_model = d_model});
+    return gpt2_spec(50257, 1024, n_layer, n_head, d_model);
   };
   return {{"GPT-2 124M", shape(12, 768, 12)},
           {"GPT-2 355M", shape(24, 1024, 16)},

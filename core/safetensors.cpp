@@ -376,6 +376,36 @@ std::vector<float> SafetensorsFile::read_f32(const std::string& name) const {
 
 // ---- writing ----
 
+uint16_t float_to_bfloat16_bits(float f) {
+  const uint32_t bits = std::bit_cast<uint32_t>(f);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);  // NaN
+  const uint32_t rounding = 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>((bits + rounding) >> 16);
+}
+
+uint16_t float_to_half_bits(float f) {
+  const uint32_t bits = std::bit_cast<uint32_t>(f);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t abs = bits & 0x7FFFFFFFu;
+  if (abs > 0x7F800000u) return sign | 0x7E00u;        // NaN
+  if (abs >= 0x477FF000u) return sign | 0x7C00u;       // rounds to >= 65520: infinity
+  if (abs < 0x38800000u) {                             // below 2^-14: subnormal half (or zero)
+    if (abs < 0x33000000u) return sign;                // below 2^-25: rounds to zero
+    const uint32_t exponent = abs >> 23;
+    const uint32_t mantissa = (abs & 0x7FFFFFu) | 0x800000u;
+    const uint32_t shift = 126 - exponent;             // 14 - (exponent - 127) + 13 - 1 + 1
+    const uint32_t half = mantissa >> shift;
+    const uint32_t rest = mantissa & ((1u << shift) - 1u);
+    const uint32_t midpoint = 1u << (shift - 1);
+    const uint32_t rounded = half + ((rest > midpoint || (rest == midpoint && (half & 1u))) ? 1u : 0u);
+    return static_cast<uint16_t>(sign | rounded);
+  }
+  // Normal: rebias the exponent (127 -> 15) and round the 23-bit mantissa to 10 bits.
+  const uint32_t rebased = abs - (112u << 23);
+  const uint32_t rounded = rebased + 0xFFFu + ((rebased >> 13) & 1u);
+  return static_cast<uint16_t>(sign | (rounded >> 13));
+}
+
 namespace {
 
 // Writes all of `data` to `fd`; false with errno set on failure.
@@ -387,6 +417,29 @@ bool write_all(int fd, const void* data, size_t n_bytes) {
     if (put <= 0) return false;
     src += put;
     n_bytes -= static_cast<size_t>(put);
+  }
+  return true;
+}
+
+}  // namespace
+
+namespace {
+
+// Calls fn(bytes, n) with the tensor's bytes as stored in its dtype, in order (F32 in one piece,
+// F16/BF16 converted in bounded chunks); stops and returns false when fn does.
+template <typename Fn>
+bool for_each_stored_chunk(const SafetensorsWriteTensor& t, Fn&& fn) {
+  size_t numel = 1;
+  for (const int64_t d : t.shape) numel *= static_cast<size_t>(d);
+  if (t.dtype == "F32") return numel == 0 || fn(t.data, numel * sizeof(float));
+  const bool half = t.dtype == "F16";
+  std::vector<uint16_t> chunk(std::min(numel, kConvertChunk));
+  for (size_t done = 0; done < numel;) {
+    const size_t count = std::min(numel - done, kConvertChunk);
+    for (size_t k = 0; k < count; ++k)
+      chunk[k] = half ? float_to_half_bits(t.data[done + k]) : float_to_bfloat16_bits(t.data[done + k]);
+    if (!fn(chunk.data(), count * sizeof(uint16_t))) return false;
+    done += count;
   }
   return true;
 }
@@ -417,15 +470,18 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
       shape.push_back(d);
     }
     LORA_CHECK(t.data || numel == 0, "tensor '", t.name, "': null data");
+    LORA_CHECK(t.dtype == "F32" || t.dtype == "F16" || t.dtype == "BF16", "tensor '", t.name,
+               "': cannot write dtype ", t.dtype, " (expected F32, F16 or BF16)");
+    const size_t n_bytes = numel * safetensors_dtype_bytes(t.dtype);
     json::Value entry = json::Value::object();
-    entry.set("dtype", "F32");
+    entry.set("dtype", t.dtype);
     entry.set("shape", std::move(shape));
     json::Value offsets = json::Value::array();
     offsets.push_back(offset);
-    offsets.push_back(offset + numel * sizeof(float));
+    offsets.push_back(offset + n_bytes);
     entry.set("data_offsets", std::move(offsets));
     header.set(t.name, std::move(entry));
-    offset += numel * sizeof(float);
+    offset += n_bytes;
   }
   std::string text = json::dump(header);
   text.append((8 - text.size() % 8) % 8, ' ');  // data buffer starts 8-byte aligned
@@ -439,11 +495,11 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
     LORA_CHECK(at != std::string::npos, "no ", kCrcKey, " placeholder in the header");
     uint64_t crc = crc64(size_le, 8);
     crc = crc64(text.data(), text.size(), crc);
-    for (const auto& t : tensors) {
-      size_t numel = 1;
-      for (const int64_t d : t.shape) numel *= static_cast<size_t>(d);
-      crc = crc64(t.data, numel * sizeof(float), crc);
-    }
+    for (const auto& t : tensors)
+      for_each_stored_chunk(t, [&](const void* bytes, size_t n) {
+        crc = crc64(bytes, n, crc);
+        return true;
+      });
     text.replace(at + pattern.size() - 17, 16, crc_hex(crc));
   }
 
@@ -452,11 +508,8 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
   if (fd < 0)
     throw Error(detail::concat(tmp, ": cannot create safetensors file: ", errno_string(errno)));
   bool ok = write_all(fd, size_le, 8) && write_all(fd, text.data(), text.size());
-  for (size_t i = 0; ok && i < tensors.size(); ++i) {
-    size_t numel = 1;
-    for (const int64_t d : tensors[i].shape) numel *= static_cast<size_t>(d);
-    ok = write_all(fd, tensors[i].data, numel * sizeof(float));
-  }
+  for (size_t i = 0; ok && i < tensors.size(); ++i)
+    ok = for_each_stored_chunk(tensors[i], [&](const void* bytes, size_t n) { return write_all(fd, bytes, n); });
   ok = ok && ::fsync(fd) == 0;
   const int err = errno;
   ok = (::close(fd) == 0) && ok;

@@ -1,5 +1,5 @@
-// safetensors files: reading (F32, F16, BF16 converted to float32) and writing (F32). Binding a
-// model's tensors to our base layout is core/model/hf_model.h.
+// safetensors files: reading (F32, F16, BF16 converted to float32) and writing (float32 data stored
+// as F32, F16 or BF16). Binding a model's tensors to our base layout is core/model/hf_model.h.
 //
 // File format (https://github.com/huggingface/safetensors):
 //   [8 bytes]  N, little-endian uint64: the header size in bytes
@@ -88,19 +88,26 @@ class SafetensorsFile {
   bool crc_verified_ = false;
 };
 
-// One float32 tensor to write.
+// One float32 tensor to write, stored as `dtype`: "F32" (exact), "F16" or "BF16" (rounded to
+// nearest, ties to even; F16 overflows to infinity).
 struct SafetensorsWriteTensor {
   std::string name;
   std::vector<int64_t> shape;
   const float* data = nullptr;  // numel(shape) contiguous floats
+  std::string dtype = "F32";
 };
+
+// float32 -> IEEE half / bfloat16 bits, rounded to nearest even (NaN stays NaN).
+uint16_t float_to_half_bits(float f);
+uint16_t float_to_bfloat16_bits(float f);
 
 // "[2, 3]": a shape for messages.
 std::string shape_string(const std::vector<int64_t>& shape);
 
-// Writes the tensors as F32, in the given order, with `metadata` plus the "lora.crc64" integrity
-// value (see above; it replaces a "lora.crc64" in `metadata`) as "__metadata__". The header is
-// padded with spaces so the data buffer starts at a multiple of 8 bytes.
+// Writes the tensors in the given order, each in its dtype (F32, F16 or BF16; any other is a
+// lora::Error), with `metadata` plus the "lora.crc64" integrity value (see above; it replaces a
+// "lora.crc64" in `metadata`) as "__metadata__". The header is padded with spaces so the data
+// buffer starts at a multiple of 8 bytes.
 // Atomic: writes path + ".tmp", fsyncs, renames over `path`. Invalid arguments (empty or
 // duplicate names, negative dims, null data) are a lora::Error; I/O failures a lora::Error.
 void write_safetensors(const std::string& path, const std::vector<SafetensorsWriteTensor>& tensors,

@@ -28,21 +28,29 @@ namespace lora {
 
 namespace {
 
-const char* kMainHelp = R"(lora: LoRA fine-tuning of GPT-2 style models, data-parallel over MPI.
+const char* kMainHelp = R"(lora: LoRA fine-tuning of decoder-only transformers (GPT-2, Llama, Qwen2, Mistral
+families, from Hugging Face model directories), data-parallel over MPI.
 
 usage: lora <command> [options]
 
 commands:
   train CONFIG.yaml [--set key.path=value]... [--resume auto|none|PATH] [--log-all-ranks]
                          train adapters (or the whole model with train.mode: full)
-  eval CONFIG.yaml [--adapter CKPT.h5] [--set ...]
-                         loss and perplexity on the validation data
-  generate CONFIG.yaml --prompt TEXT [--adapter CKPT.h5] [--tokens N] [--temperature T]
+  eval CONFIG.yaml [--adapter CKPT.h5|PEFT_DIR] [--json] [--max-windows N] [--set ...]
+                         loss and perplexity on every token of the validation data
+  generate CONFIG.yaml --prompt TEXT [--chat] [--adapter CKPT.h5|PEFT_DIR] [--tokens N]
+           [--temperature T]
                          continue a prompt (greedy, or sampled when T > 0)
   inspect CKPT.h5        what a checkpoint holds
+  export CKPT.h5 --peft OUT_DIR
+                         write a checkpoint's adapters as a PEFT adapter directory
+  merge CONFIG.yaml --adapter CKPT.h5|PEFT_DIR --out MODEL_DIR
+                         fold adapters into the base: a plain Hugging Face model directory
   sweep SWEEP.yaml [--ranks-per-run N] [--only I] [--list] [--emit-slurm FILE]
                          many runs of one base config (a LoRA rank sweep) in one job
   report DIR             tables and plots of a run or a sweep's runs
+  tokenize --tokenizer TOKENIZER.json|MODEL_DIR [--decode] [FILE]
+                         text to token ids (one line of ids per line), or ids back to text
 
 Run `lora <command> --help` for a command's options.
 Launch data-parallel runs with `mpirun -np N lora train ...` or `srun lora train ...`.
@@ -70,26 +78,40 @@ exit 75; Ctrl-C (SIGINT) does the same and exits 130.
 
 const char* kEvalHelp = R"(usage: lora eval CONFIG.yaml [options]
 
-Prints the mean loss and perplexity on data.val (train.eval_batches x train.micro_batch
-sequences of data.seq_len tokens, the same ones training evaluates on).
+Prints the mean loss (6 decimals), the perplexity and the number of tokens on data.val: every
+token once, in consecutive windows of data.seq_len tokens from the start (the last window
+shorter), train.micro_batch windows per forward pass. Deterministic: the same numbers every time.
+Without --adapter it evaluates the base model alone, and says so.
 
 options:
-  --adapter CKPT.h5      evaluate with the adapters (or full weights) of this checkpoint
+  --adapter PATH         a checkpoint (its adapters, or a full-mode checkpoint's whole model) or a
+                         PEFT adapter directory; the LoRA settings (rank, alpha, rsLoRA, targets,
+                         per-module ranks) come from it, and a config that gives other values for
+                         them is an error
+  --json                 print one JSON object instead: {"loss", "perplexity", "tokens",
+                         "windows", "seq_len", "adapter"}
+  --max-windows N        only the first N windows
   --set key.path=value   override a config value (repeatable)
   -h, --help             this text
 )";
 
 const char* kGenerateHelp = R"(usage: lora generate CONFIG.yaml --prompt TEXT [options]
 
-Continues TEXT with the model of the config (byte-level text models; for token-format models the
-prompt is a comma-separated list of token ids and the output is token ids).
+Continues TEXT with the model of the config. With a tokenizer (data.tokenizer, or model.path's
+tokenizer.json) the prompt is tokenized, the output decoded, and generation stops at EOS; without
+one, byte-level text models take and print bytes, and token-format models take a comma-separated
+list of token ids and print token ids.
 
 options:
   --prompt TEXT          the text to continue (required)
-  --adapter CKPT.h5      use the adapters (or full weights) of this checkpoint
+  --adapter PATH         use the adapters of a checkpoint or a PEFT adapter directory (or a
+                         full-mode checkpoint's weights); without it, the base model alone
   --tokens N             how many tokens to generate (default 200)
   --temperature T        0 for greedy decoding (default), > 0 to sample from softmax(logits / T)
   --seed S               sampling seed (default 0)
+  --chat                 TEXT is a user message: render it with data.template (chatml, llama3,
+                         or none) as training does, generate the assistant's reply until EOS or
+                         the template's end of turn, and print the reply alone
   --set key.path=value   override a config value (repeatable)
   -h, --help             this text
 )";
@@ -99,6 +121,29 @@ const char* kInspectHelp = R"(usage: lora inspect CKPT.h5
 Prints the checkpoint's step, tokens seen, world size, base-weights fingerprint, model shape,
 LoRA settings, each adapter's shape and norm, the optimizer state and the config it was trained
 with.
+)";
+
+const char* kExportHelp = R"(usage: lora export CKPT.h5 --peft OUT_DIR
+
+Writes the checkpoint's adapters as a PEFT adapter directory: adapter_config.json and
+adapter_model.safetensors (base_model.model.<module>.lora_A.weight [r, d_in], lora_B.weight
+[d_out, r]), which PEFT's PeftModel.from_pretrained and vLLM's --lora-modules load next to the
+base model. base_model_name_or_path is the run's model.path. Written atomically (OUT_DIR.tmp, then
+renamed); an existing PEFT directory at OUT_DIR is replaced, anything else there is refused.
+A full-mode checkpoint, or adapters holding NaN or infinity, are refused (exit 2).
+)";
+
+const char* kMergeHelp = R"(usage: lora merge CONFIG.yaml --adapter CKPT.h5|PEFT_DIR --out MODEL_DIR
+
+Folds the adapters into the config's base model (W + s A B on every adapted linear) and writes
+a plain Hugging Face model directory: the base's config.json and tokenizer files copied, every
+tensor in the base's dtype (F32, F16 or BF16) and in the same shards. Written atomically.
+
+options:
+  --adapter PATH         a lora-mode checkpoint or a PEFT adapter directory (required)
+  --out MODEL_DIR        the directory to write (required)
+  --set key.path=value   override a config value (repeatable)
+  -h, --help             this text
 )";
 
 const char* kSweepHelp = R"(usage: lora sweep SWEEP.yaml [options]
@@ -140,6 +185,21 @@ against step, one line per run) and DIR/rank_vs_loss.svg (final val loss against
 and prints the table.
 )";
 
+const char* kTokenizeHelp = R"(usage: lora tokenize --tokenizer TOKENIZER.json|MODEL_DIR [--decode] [FILE]
+
+Reads FILE (standard input when absent) line by line and prints, for each line, the token ids of
+its text (without the line break, without BOS/EOS) separated by spaces, one line per input line.
+With --decode each input line holds such ids and the decoded text is printed instead. The
+tokenizer is a Hugging Face tokenizer.json or a model directory holding one.
+
+options:
+  --tokenizer PATH       tokenizer.json or model directory (required)
+  --decode               ids to text
+  -h, --help             this text
+
+Invalid UTF-8, a non-numeric id or an id outside the vocabulary is exit 2 with FILE:LINE.
+)";
+
 std::atomic<int> g_stop_signal{0};
 
 extern "C" void on_stop_signal(int sig) {
@@ -164,8 +224,13 @@ struct Args {
   std::vector<std::string> overrides;
   std::string resume = "none";
   std::string adapter;
+  std::string peft;  // export --peft
+  std::string out;   // merge --out
+  bool json = false;
+  long max_windows = 0;
   std::string prompt;
   bool has_prompt = false;
+  bool chat = false;
   int tokens = 200;
   float temperature = 0.0f;
   uint64_t seed = 0;
@@ -175,6 +240,8 @@ struct Args {
   bool list = false;
   std::string emit_slurm;
   int max_parallel = 0;
+  std::string tokenizer;
+  bool decode = false;
   bool help = false;
 };
 
@@ -226,7 +293,15 @@ Args parse_args(int argc, char** argv) {
     else if (is("--set")) a.overrides.push_back(value("--set"));
     else if (is("--resume")) a.resume = value("--resume");
     else if (is("--adapter")) a.adapter = value("--adapter");
+    else if (is("--peft")) a.peft = value("--peft");
+    else if (is("--out")) a.out = value("--out");
+    else if (s == "--json") a.json = true;
+    else if (is("--max-windows")) {
+      a.max_windows = parse_long("--max-windows", value("--max-windows"));
+      if (a.max_windows < 1) throw InputError("--max-windows: expected an integer >= 1, got " + std::to_string(a.max_windows));
+    }
     else if (is("--prompt")) { a.prompt = value("--prompt"); a.has_prompt = true; }
+    else if (s == "--chat") a.chat = true;
     else if (is("--tokens")) a.tokens = static_cast<int>(parse_long("--tokens", value("--tokens")));
     else if (is("--temperature")) a.temperature = parse_float("--temperature", value("--temperature"));
     else if (is("--seed")) a.seed = static_cast<uint64_t>(parse_long("--seed", value("--seed")));
@@ -241,6 +316,8 @@ Args parse_args(int argc, char** argv) {
       if (a.only < 0) throw InputError("--only: expected a point index >= 0, got " + std::to_string(a.only));
     }
     else if (s == "--list") a.list = true;
+    else if (is("--tokenizer")) a.tokenizer = value("--tokenizer");
+    else if (s == "--decode") a.decode = true;
     else if (is("--emit-slurm")) a.emit_slurm = value("--emit-slurm");
     else if (is("--max-parallel")) {
       const long n = parse_long("--max-parallel", value("--max-parallel"));
@@ -249,7 +326,9 @@ Args parse_args(int argc, char** argv) {
     }
     else if (!s.empty() && s[0] == '-') throw InputError("unknown option '" + s + "' for `lora " + a.command + "` (see lora " + a.command + " --help)");
     else if (a.config.empty()) a.config = s;
-    else throw InputError("unexpected argument '" + s + "' (one config/checkpoint file expected)");
+    else throw InputError("unexpected argument '" + s + "' (" +
+                          (a.command == "tokenize" ? std::string("one input file expected")
+                                                   : std::string("one config/checkpoint file expected")) + ")");
   }
   return a;
 }
@@ -261,6 +340,9 @@ const char* help_for(const std::string& command) {
   if (command == "inspect") return kInspectHelp;
   if (command == "sweep") return kSweepHelp;
   if (command == "report") return kReportHelp;
+  if (command == "export") return kExportHelp;
+  if (command == "merge") return kMergeHelp;
+  if (command == "tokenize") return kTokenizeHelp;
   return kMainHelp;
 }
 
@@ -283,8 +365,24 @@ int cli_main(int argc, char** argv) {
     std::fputs(help_for(args.command), stdout);
     return 0;
   }
+  if (args.command == "tokenize") {
+    if (args.tokenizer.empty()) {
+      std::fprintf(stderr, "lora: error: `lora tokenize` needs --tokenizer TOKENIZER.json|MODEL_DIR\n\n%s",
+                   kTokenizeHelp);
+      return 2;
+    }
+    try {
+      return run_tokenize(TokenizeArgs{args.tokenizer, args.config, args.decode});
+    } catch (const InputError& e) {
+      std::fprintf(stderr, "lora: error: %s\n", e.what());
+      return 2;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "lora: error: %s\n", e.what());
+      return 1;
+    }
+  }
   if (args.config.empty()) {
-    const char* what = args.command == "inspect" ? "a checkpoint file"
+    const char* what = args.command == "inspect" || args.command == "export" ? "a checkpoint file"
                        : args.command == "sweep" ? "a sweep file"
                        : args.command == "report" ? "a run or sweep directory"
                        : "a config file";
@@ -296,10 +394,14 @@ int cli_main(int argc, char** argv) {
                 args.max_parallel, &g_stop_signal};
   // Single-process commands: no MPI world needed.
   const bool single = args.command == "inspect" || args.command == "report" ||
+                      args.command == "export" || args.command == "merge" ||
                       (args.command == "sweep" && (args.list || !args.emit_slurm.empty()));
   if (single) {
     try {
       if (args.command == "report") return run_report(args.config);
+      if (args.command == "export") return run_export(args.config, args.peft);
+      if (args.command == "merge")
+        return run_merge(MergeArgs{args.config, args.overrides, args.adapter, args.out});
       if (args.command == "sweep") return args.list ? run_sweep_list(sa) : run_sweep_emit_slurm(sa);
       return run_inspect(args.config);
     } catch (const InputError& e) {
@@ -335,10 +437,12 @@ int cli_main(int argc, char** argv) {
       install_signal_handlers();
       return run_sweep(*world, sa);
     }
-    if (args.command == "eval") return run_eval(*world, args.config, args.overrides, args.adapter);
+    if (args.command == "eval")
+      return run_eval(*world, EvalArgs{args.config, args.overrides, args.adapter, args.json,
+                                       args.max_windows});
     if (!args.has_prompt) throw InputError("lora generate: --prompt TEXT is required");
     GenerateArgs ga{args.config, args.overrides, args.adapter, args.prompt, args.tokens,
-                    args.temperature, args.seed};
+                    args.temperature, args.seed, args.chat};
     return run_generate(*world, ga);
   } catch (const InputError& e) {
     return fail(2, e.what());

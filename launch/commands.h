@@ -27,12 +27,39 @@ struct GenerateArgs {
   int tokens = 200;
   float temperature = 0.0f;
   uint64_t seed = 0;
+  bool chat = false;  // the prompt is a user message in data.template; print the reply alone
 };
 
 int run_train(World& world, const TrainArgs& args);
-int run_eval(World& world, const std::string& config, const std::vector<std::string>& overrides,
-             const std::string& adapter);
+struct EvalArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string adapter;    // a checkpoint or a PEFT directory; empty: the base model alone
+  bool json = false;      // one JSON object on stdout instead of the text line
+  long max_windows = 0;   // 0: every window
+};
+
+struct MergeArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string adapter;
+  std::string out;
+};
+
+int run_eval(World& world, const EvalArgs& args);
+// `lora export CKPT.h5 --peft OUT_DIR` (single process).
+int run_export(const std::string& checkpoint, const std::string& out_dir);
+// `lora merge CONFIG --adapter CKPT|PEFT_DIR --out MODEL_DIR` (single process).
+int run_merge(const MergeArgs& args);
 int run_generate(World& world, const GenerateArgs& args);
 int run_inspect(const std::string& checkpoint);
+
+struct TokenizeArgs {
+  std::string tokenizer;  // tokenizer.json or model directory
+  std::string input;      // empty: standard input
+  bool decode = false;
+};
+// `lora tokenize`: text lines to id lines, or (decode) id lines to text.
+int run_tokenize(const TokenizeArgs& args);
 
 }  // namespace lora

@@ -536,7 +536,9 @@ int run_sweep(World& world, const SweepArgs& args) {
                    world.size() == 1 ? "" : "s", " (launch a multiple of ranks_per_run ranks)");
   const int n_groups = world.size() / per_run, group = world.rank() / per_run;
 
-  comm::Communicator& world_comm = world.communicator(sweep.points[0].config.comm.backend);
+  const CommConfig& first_comm = sweep.points[0].config.comm;
+  comm::Communicator& world_comm =
+      world.communicator(first_comm.backend, World::timeout_of(first_comm.timeout_s));
   const std::unique_ptr<comm::Communicator> group_comm = world_comm.split(group, world.rank());
   const bool lead = group_comm->rank() == 0;
 

@@ -4,8 +4,16 @@
 // comm.backend nccl this is the control communicator (MPI, or local for one process); the trainer
 // builds the NCCL gradient communicator on top of it (trainer/device.h). Also picks this rank's
 // GPU when the config computes on CUDA.
+//
+// A rank never outlives its launcher: in a multi-rank job a watch thread checks the parent process
+// (mpirun, Open MPI's orted, Slurm's slurmstepd) twice a second, and when the parent is gone (the
+// process was re-parented) it prints so and ends this rank with exit code 1. Without it, a rank
+// whose mpirun was killed would wait in its next collective until comm.timeout_s.
+// abort() never hangs: if MPI_Abort has not ended the process after kAbortGraceSeconds (its
+// launcher may be unreachable), the process exits by itself.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -28,9 +36,15 @@ class World {
   // "rank 3 (node07): " in a multi-rank job, "" for a single process.
   std::string label() const;
 
-  // The world communicator for the configured backend. Throws lora::InputError when the backend
-  // cannot serve this job (local with several ranks).
-  comm::Communicator& communicator(CommBackend backend);
+  // The world communicator for the configured backend; timeout bounds its start-up collectives
+  // and becomes its timeout(). Throws lora::InputError when the backend cannot serve this job
+  // (local with several ranks).
+  comm::Communicator& communicator(CommBackend backend,
+                                   std::chrono::milliseconds timeout = std::chrono::minutes(5));
+  // comm.timeout_s as the communicator's timeout.
+  static std::chrono::milliseconds timeout_of(double timeout_s);
+
+  static constexpr int kAbortGraceSeconds = 10;
 
   // When cfg computes on CUDA (trainer/device.h uses_cuda), makes this rank's GPU current: the
   // device of its node-local rank (pick_local_device). Returns that device, or -1 on the CPU.

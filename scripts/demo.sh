@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The demo: install what is missing, build, pretrain a small byte-level GPT-2 on one domain of the
-# Debian fortunes corpus (computers), then LoRA-fine-tune it on another (songs and poems) and show
-# what changed: trainable vs total parameters, validation loss and a generated sample before and
-# after, and the bytes a data-parallel step would all-reduce for LoRA vs full fine-tuning.
+# The demo: install what is missing, build, pretrain a small byte-level Llama-family model on one
+# domain of the Debian fortunes corpus (computers), then LoRA-fine-tune it on another (songs and
+# poems) and show what changed: trainable vs total parameters, validation loss and a generated
+# sample before and after, and the bytes a data-parallel step would all-reduce for LoRA vs full
+# fine-tuning. (configs/demo-gpt2-*.yaml are the same demo with a GPT-2 base.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -28,7 +29,7 @@ split songs-poems
 banner() { printf '\n==== %s ====\n' "$*"; }
 prompt="The moon "
 
-banner "1. pretrain a base model on fortunes/computers (full mode)"
+banner "1. pretrain a Llama-family base model on fortunes/computers (full mode)"
 "$lora" train configs/demo-pretrain.yaml
 
 banner "2. before fine-tuning: the base on fortunes/songs-poems"

@@ -7,10 +7,12 @@ packages=(
   build-essential cmake pkg-config
   libyaml-cpp-dev libopenblas-dev libopenblas-openmp-dev
   libhdf5-dev hdf5-tools
+  libpcre2-dev libutf8proc-dev  # tokenizer: Unicode regular expressions, normalization
   libopenmpi-dev openmpi-bin
   googletest libgtest-dev
   python3 python3-torch python3-numpy python3-h5py python3-venv python3-pip
   fortunes fortunes-min
+  man-db  # scripts/make_whatis_dataset.py reads the manual pages' whatis database
   slurmctld slurmd slurm-client munge  # tests/slurm starts its own one-node cluster with these
 )
 

@@ -11,12 +11,13 @@ cd "$(dirname "$0")/.."
 venv=.venv
 py=/usr/bin/python3
 pins=(transformers==4.46.3 tokenizers==0.20.3 safetensors==0.4.5 accelerate==0.34.2
-      huggingface-hub==0.26.5)
+      huggingface-hub==0.26.5 jinja2==3.1.4)  # jinja2: transformers' chat templates
 peft_pin=peft==0.13.2
-check='import torch, transformers, tokenizers, safetensors, peft
+check='import torch, transformers, tokenizers, safetensors, peft, jinja2
 assert transformers.__version__ == "4.46.3", transformers.__version__
 assert tokenizers.__version__ == "0.20.3", tokenizers.__version__
-assert peft.__version__ == "0.13.2", peft.__version__'
+assert peft.__version__ == "0.13.2", peft.__version__
+assert jinja2.__version__ == "3.1.4", jinja2.__version__'
 
 if [[ -x $venv/bin/python ]] && $venv/bin/python -c "$check" >/dev/null 2>&1; then
   echo "setup-python: $venv ready"

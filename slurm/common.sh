@@ -76,6 +76,7 @@ lora_slurm_launcher() {
       ;;
   esac
   LORA_LAUNCHER=$choice
+  lora_slurm_log "nodes ${SLURM_JOB_NODELIST:-?} (batch shell on $(hostname))"
 }
 
 # Runs "$@" in the background, forwards SIGUSR1/SIGTERM received by the batch shell to it as

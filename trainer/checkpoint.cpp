@@ -145,6 +145,13 @@ std::string state_checksum(const CheckpointState& s, const std::string& created_
     for (LoraTarget t : s.lora.targets) put(static_cast<int64_t>(t));
     put(static_cast<int64_t>(s.lora.init_a));
     put(static_cast<int64_t>(s.lora.init_b));
+    // Per-module ranks and alphas (adapters imported from PEFT with rank_pattern/alpha_pattern);
+    // absent from every other file, whose checksum is unchanged.
+    for (const auto& [name, m] : s.lora.module_settings) {
+      put_string(name);
+      put(static_cast<int64_t>(m.rank));
+      put(m.alpha);
+    }
   }
   put(static_cast<int64_t>(s.optimizer_step));
   for (float f : {s.beta1, s.beta2, s.eps, s.weight_decay, s.lr}) put(f);
@@ -558,9 +565,10 @@ class Writer {
       for (const std::string& g : layout.groups) {
         if (g.rfind("/adapters/", 0) != 0) continue;
         H5Handle mg = open_group(f, g);
-        attr_i64(mg.get(), "rank", s.lora.rank);
-        attr_f32(mg.get(), "alpha", s.lora.alpha);
-        attr_f32(mg.get(), "scaling", s.lora.scaling());
+        const std::string module = g.substr(std::string("/adapters/").size());
+        attr_i64(mg.get(), "rank", s.lora.rank_of(module));
+        attr_f32(mg.get(), "alpha", s.lora.alpha_of(module));
+        attr_f32(mg.get(), "scaling", s.lora.scaling_of(module));
       }
     }
     for (const TensorEntry& e : layout.tensors) {
@@ -1075,6 +1083,26 @@ class Reader {
       } else {
         fail("attribute 'init_b' on '/adapters' = '" + init_b + "': expected zeros|gaussian");
       }
+      // Per-module rank and alpha: the attributes of each module's group, where they differ from
+      // the spec's (files written before they could differ hold the spec's values, or none).
+      std::vector<std::string> module_names;
+      try {
+        const LoraLayout uniform(s.spec, s.lora);
+        for (const LoraModule& m : uniform.modules()) module_names.push_back(m.name);
+      } catch (const InputError& e) {
+        fail(std::string("inconsistent model or LoRA attributes: ") + e.what());
+      }
+      for (const std::string& name : module_names) {
+        const std::string g = "/adapters/" + name;
+        H5Handle mg = open_group(f, g);
+        if (H5Aexists(mg.get(), "rank") <= 0 || H5Aexists(mg.get(), "alpha") <= 0) continue;
+        const int rank = attr_int(mg.get(), "rank", 1, kMaxDim);
+        const float alpha = attr_f32(mg.get(), "alpha");
+        if (!(alpha > 0) || !std::isfinite(alpha))
+          fail("attribute 'alpha' on '" + g + "': expected a number > 0");
+        if (rank != s.lora.rank || alpha != s.lora.alpha)
+          s.lora.module_settings[name] = LoraModuleSetting{rank, alpha};
+      }
     }
 
     FileLayout layout;
@@ -1309,6 +1337,9 @@ std::string describe_checkpoint(const std::string& path) {
        << "\n";
     os << "  adapters:     " << layout.tensors.size() / 2 << " modules, " << layout.n_params
        << " parameters\n";
+    for (const auto& [name, m] : s.lora.module_settings)
+      os << "    " << name << ": rank=" << m.rank << " alpha=" << m.alpha
+         << " scaling=" << lora_scaling(m.alpha, m.rank, s.lora.rslora) << "\n";
   } else {
     os << "  base tensors: " << layout.tensors.size() << " tensors, " << layout.n_params
        << " parameters\n";

@@ -48,8 +48,11 @@ constexpr const char* kLeafKeys[] = {
     "model.dtype",       "lora.rank",
     "lora.alpha",        "lora.dropout",       "lora.rslora",
     "lora.targets",      "lora.init.a",        "lora.init.b",
+    "lora.init_from",
     "data.train",        "data.val",           "data.format",
-    "data.seq_len",      "train.mode",         "train.micro_batch",
+    "data.seq_len",      "data.tokenizer",     "data.template",
+    "data.mask_prompt",  "data.pack",
+    "train.mode",        "train.micro_batch",
     "train.grad_accum",  "train.steps",        "train.lr",
     "train.warmup_steps", "train.schedule",    "train.min_lr",
     "train.weight_decay", "train.grad_clip",   "train.eval_every",
@@ -202,6 +205,11 @@ class LeafTable {
   const Leaf* find(const std::string& path) const {
     auto it = leaves_.find(path);
     return it == leaves_.end() ? nullptr : &it->second;
+  }
+  std::set<std::string> given_keys() const {
+    std::set<std::string> keys;
+    for (const auto& [path, leaf] : leaves_) keys.insert(path);
+    return keys;
   }
 
   // Where a key's value came from, or the file alone when the key was left at its default.
@@ -408,6 +416,48 @@ std::string resolve_input_file(const std::string& path, const std::string& where
   return shown;
 }
 
+// data.tokenizer: a tokenizer.json or a model directory holding one, resolved like data files.
+std::string resolve_tokenizer_path(const std::string& path, const std::string& where,
+                                   const std::string& source) {
+  if (path.empty()) {
+    throw InputError(detail::concat(where, ": data.tokenizer: expected a tokenizer.json or a model directory, got an empty string"));
+  }
+  fs::path p(path);
+  if (p.is_relative() && !where.starts_with("--set ")) p = fs::path(source).parent_path() / p;
+  std::error_code ec;
+  fs::path abs = fs::absolute(p, ec);
+  if (ec) abs = p;
+  abs = abs.lexically_normal();
+  if (abs.has_parent_path() && abs.filename().empty()) abs = abs.parent_path();
+  if (fs::is_directory(abs, ec)) {
+    if (!fs::is_regular_file(abs / "tokenizer.json", ec)) {
+      throw InputError(detail::concat(where, ": data.tokenizer: directory '", abs.string(),
+                                      "' has no tokenizer.json"));
+    }
+    return abs.string();
+  }
+  return resolve_input_file(path, where, "data.tokenizer", source);
+}
+
+// A file or directory (lora.init_from: a checkpoint or a PEFT adapter directory), resolved like
+// resolve_input_file; it must exist.
+std::string resolve_input_path(const std::string& path, const std::string& where,
+                               const std::string& key, const std::string& source) {
+  fs::path p(path);
+  if (p.is_relative() && !where.starts_with("--set ")) p = fs::path(source).parent_path() / p;
+  std::error_code ec;
+  fs::path abs = fs::absolute(p, ec);
+  if (ec) abs = p;
+  abs = abs.lexically_normal();
+  if (abs.has_parent_path() && abs.filename().empty()) abs = abs.parent_path();
+  if (!fs::exists(abs, ec)) {
+    throw InputError(detail::concat(where, ": ", key, ": '", path, "' does not exist (looked for ",
+                                    abs.string(), "; expected a checkpoint file or a PEFT adapter "
+                                    "directory)"));
+  }
+  return abs.string();
+}
+
 // A directory path (model.path), resolved like resolve_input_file; it must name a directory.
 std::string resolve_input_dir(const std::string& path, const std::string& where,
                               const std::string& key, const std::string& source) {
@@ -511,13 +561,19 @@ std::string emit_resolved(const Config& c) {
   out << YAML::Key << "init" << YAML::Value << YAML::BeginMap;
   plain("a", lora_init_a_name(c.lora.init_a));
   plain("b", lora_init_b_name(c.lora.init_b));
-  out << YAML::EndMap << YAML::EndMap;
+  out << YAML::EndMap;
+  str("init_from", c.lora_init_from);
+  out << YAML::EndMap;
 
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
   paths("train", c.data.train);
   paths("val", c.data.val);
   plain("format", data_format_name(c.data.format));
   num("seq_len", c.data.seq_len);
+  str("tokenizer", c.data.tokenizer);
+  plain("template", chat_template_name(c.data.chat_template));
+  plain("mask_prompt", c.data.mask_prompt ? "true" : "false");
+  plain("pack", c.data.pack ? "true" : "false");
   out << YAML::EndMap;
 
   const TrainConfig& t = c.train;
@@ -717,10 +773,19 @@ Config build_config(const LeafTable& table) {
   }
   l.init_a = static_cast<LoraInitA>(r.get_enum("lora.init.a", 0, {"gaussian", "kaiming", "zeros"}));
   l.init_b = static_cast<LoraInitB>(r.get_enum("lora.init.b", 0, {"zeros", "gaussian"}));
+  c.lora_init_from = r.get_string("lora.init_from", "", true);
+  if (!c.lora_init_from.empty())
+    c.lora_init_from = resolve_input_path(c.lora_init_from, r.where("lora.init_from"),
+                                          "lora.init_from", table.source());
 
   // data
-  c.data.format = static_cast<DataFormat>(r.get_enum("data.format", 0, {"text", "tokens"}));
+  c.data.format = static_cast<DataFormat>(r.get_enum("data.format", 0, {"text", "tokens", "jsonl"}));
   c.data.seq_len = static_cast<int>(r.get_integer("data.seq_len", c.data.seq_len, 1, kIntMax));
+  const std::string tokenizer_path = r.get_string("data.tokenizer", "", true);
+  c.data.chat_template =
+      static_cast<ChatTemplate>(r.get_enum("data.template", 0, {"none", "chatml", "llama3"}));
+  c.data.mask_prompt = r.get_bool("data.mask_prompt", c.data.mask_prompt);
+  c.data.pack = r.get_bool("data.pack", c.data.pack);
   const auto train_paths = r.get_string_list("data.train", "a path or a list of paths");
   const auto val_paths = r.get_string_list("data.val", "a path or a list of paths");
 
@@ -758,7 +823,7 @@ Config build_config(const LeafTable& table) {
   // A cross-key error is reported at the offending key's line, or at the other key's line when
   // the offending key was left at its default.
   auto set_or = [&](const char* key, const char* other) { return table.find(key) ? key : other; };
-  if (c.data.format == DataFormat::kText && s.vocab_size < 256) {
+  if (c.data.format == DataFormat::kText && tokenizer_path.empty() && s.vocab_size < 256) {
     range_error(r, set_or("model.vocab_size", "data.format"), "model.vocab_size",
                 "at least 256 with data.format text (one token per byte)",
                 std::to_string(s.vocab_size));
@@ -830,6 +895,15 @@ Config build_config(const LeafTable& table) {
   for (const auto& [path, where] : val_paths) {
     c.data.val.push_back(resolve_input_file(path, where, "data.val", table.source()));
   }
+  if (!tokenizer_path.empty()) {
+    c.data.tokenizer = resolve_tokenizer_path(tokenizer_path, r.where("data.tokenizer"), table.source());
+  }
+  // Without data.tokenizer, model.path's tokenizer.json is the tokenizer (tokenizer_source()).
+  if (c.data.format == DataFormat::kJsonl && tokenizer_source(c).empty()) {
+    throw InputError(detail::concat(r.where("data.format"),
+                                    ": data.tokenizer: required with data.format jsonl (a tokenizer.json "
+                                    "or a model directory), unless model.path holds a tokenizer.json"));
+  }
   if (!c.model.weights.empty()) {
     c.model.weights = resolve_input_file(c.model.weights, r.where("model.weights"), "model.weights",
                                          table.source());
@@ -860,6 +934,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
   for (const std::string& o : overrides) table.add_override(o);
   Config c = build_config(table);
   c.source_path = source_name;
+  c.given_keys = table.given_keys();
   c.resolved_yaml = emit_resolved(c);
   return c;
 }
@@ -877,8 +952,32 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   return parse_config(text.str(), path, overrides);
 }
 
+std::string resolved_config_yaml(const Config& c) { return emit_resolved(c); }
+
 std::string_view data_format_name(DataFormat f) {
-  return f == DataFormat::kText ? "text" : "tokens";
+  switch (f) {
+    case DataFormat::kText: return "text";
+    case DataFormat::kTokens: return "tokens";
+    case DataFormat::kJsonl: return "jsonl";
+  }
+  return "?";
+}
+
+std::string_view chat_template_name(ChatTemplate t) {
+  switch (t) {
+    case ChatTemplate::kNone: return "none";
+    case ChatTemplate::kChatml: return "chatml";
+    case ChatTemplate::kLlama3: return "llama3";
+  }
+  return "?";
+}
+
+std::string tokenizer_source(const Config& c) {
+  if (!c.data.tokenizer.empty()) return c.data.tokenizer;
+  std::error_code ec;
+  if (!c.model.path.empty() && fs::is_regular_file(fs::path(c.model.path) / "tokenizer.json", ec))
+    return c.model.path;
+  return "";
 }
 
 std::string_view lr_schedule_name(LrSchedule s) {

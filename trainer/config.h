@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -16,7 +17,10 @@
 
 namespace lora {
 
-enum class DataFormat { kText, kTokens };
+enum class DataFormat { kText, kTokens, kJsonl };
+// How JSONL examples become text (DESIGN.md section 4, Data): none = the texts as they are;
+// chatml = Qwen2's chat template; llama3 = Llama 3's.
+enum class ChatTemplate { kNone, kChatml, kLlama3 };
 enum class LrSchedule { kCosine, kConstant };
 enum class DeviceBackend { kAuto, kCpu, kCuda };
 enum class CommBackend { kAuto, kLocal, kMpi, kNccl };
@@ -40,6 +44,10 @@ struct DataConfig {
   std::vector<std::string> val;  // may be empty: no evaluation
   DataFormat format = DataFormat::kText;
   int seq_len = 64;
+  std::string tokenizer;  // tokenizer.json or model directory; empty: bytes are tokens (text)
+  ChatTemplate chat_template = ChatTemplate::kNone;
+  bool mask_prompt = true;  // jsonl: loss only on completion / assistant tokens
+  bool pack = true;         // jsonl: pack examples into seq_len windows (else one per sequence)
 };
 
 struct TrainConfig {
@@ -80,6 +88,9 @@ struct Config {
   RunConfig run;
   ModelConfig model;
   LoraSpec lora;
+  // lora.init_from: adapters to start training from (a checkpoint or a PEFT adapter directory,
+  // resolved against the config's directory); empty: lora.init.
+  std::string lora_init_from;
   DataConfig data;
   TrainConfig train;
   CheckpointConfig checkpoint;
@@ -88,6 +99,7 @@ struct Config {
 
   std::string source_path;    // the YAML file it came from
   std::string resolved_yaml;  // every key with its final value (written to output_dir/config.yaml)
+  std::set<std::string> given_keys;  // the leaf keys the file or a --set gave ("lora.rank", ...)
 
   long global_batch(int world_size) const {
     return static_cast<long>(train.micro_batch) * train.grad_accum * world_size;
@@ -102,7 +114,14 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 Config parse_config(const std::string& yaml_text, const std::string& source_name,
                     const std::vector<std::string>& overrides = {});
 
+// The resolved YAML of c (what resolved_yaml holds), for a Config changed after parsing.
+std::string resolved_config_yaml(const Config& c);
+
 std::string_view data_format_name(DataFormat f);
+std::string_view chat_template_name(ChatTemplate t);
+// The tokenizer the data uses: data.tokenizer, else model.path when that directory holds a
+// tokenizer.json. Empty: none (text bytes are the tokens).
+std::string tokenizer_source(const Config& c);
 std::string_view lr_schedule_name(LrSchedule s);
 std::string_view train_mode_name(TrainMode m);
 

@@ -79,8 +79,7 @@ void fill_batch(const TokenStream& data, uint64_t seed, uint64_t step, int rank,
     const uint64_t global = static_cast<uint64_t>(rank) +
                             static_cast<uint64_t>(world) * (static_cast<uint64_t>(micro) * m + j);
     seq_ids[j] = global;
-    const size_t start = sequence_start(seed, step, global, data.size(), seq_len);
-    data.copy_sequence(start, seq_len, tokens + static_cast<size_t>(j) * seq_len,
+    data.fill_sequence(seed, step, global, seq_len, tokens + static_cast<size_t>(j) * seq_len,
                        targets + static_cast<size_t>(j) * seq_len);
   }
 }
@@ -114,6 +113,18 @@ std::unique_ptr<Model> build_model(const Config& cfg) {
   return place_model(std::move(model), cfg);
 }
 
+std::unique_ptr<Model> build_model_with_adapter(const Config& cfg, const Adapter& adapter,
+                                                const std::string& what, Config* effective) {
+  const Config eff = config_for_adapter(cfg, adapter, what);
+  auto model = build_model(eff);
+  if (adapter.checkpoint) check_checkpoint_fits(*adapter.checkpoint, adapter.path, *model, eff);
+  LORA_CHECK(adapter.params.size() == model->n_trainable(), "adapter ", adapter.path, " has ",
+             adapter.params.size(), " parameters, the model ", model->n_trainable());
+  model->set_trainable(adapter.params);
+  if (effective) *effective = eff;
+  return model;
+}
+
 uint64_t lora_grad_bytes(const ModelSpec& spec, const LoraSpec& lora) {
   return LoraLayout(spec, lora).n_params() * sizeof(float);
 }
@@ -135,8 +146,7 @@ double evaluate(Model& model, const TokenStream& val, const Config& cfg, comm::C
     for (int j = 0; j < n; ++j) {
       const uint64_t i = static_cast<uint64_t>(mine[begin + j]);
       ids[j] = i;
-      const size_t start = sequence_start(hash_u64(cfg.run.seed, kEvalStream), 0, i, val.size(), T);
-      val.copy_sequence(start, T, tokens.data() + static_cast<size_t>(j) * T,
+      val.fill_sequence(hash_u64(cfg.run.seed, kEvalStream), 0, i, T, tokens.data() + static_cast<size_t>(j) * T,
                         targets.data() + static_cast<size_t>(j) * T);
     }
     const float loss = model.forward(tokens.data(), targets.data(), n, T);
@@ -145,6 +155,55 @@ double evaluate(Model& model, const TokenStream& val, const Config& cfg, comm::C
   }
   comm.all_reduce(std::span<double>(sums, 2), comm::ReduceOp::kSum);
   return sums[1] > 0 ? sums[0] / sums[1] : std::numeric_limits<double>::quiet_NaN();
+}
+
+WindowEval evaluate_windows(Model& model, const TokenStream& val, int seq_len, int micro_batch,
+                            long max_windows, comm::Communicator& comm) {
+  LORA_CHECK(seq_len > 0 && micro_batch > 0, "seq_len and micro_batch must be positive");
+  // One example per sequence (JSONL without packing): each example is one window, padded.
+  const bool examples = val.one_example_per_sequence();
+  const size_t n_targets = val.size() > 0 ? val.size() - 1 : 0;
+  long windows = examples ? static_cast<long>(val.n_examples())
+                          : static_cast<long>((n_targets + seq_len - 1) / seq_len);
+  if (max_windows > 0) windows = std::min(windows, max_windows);
+  auto length = [&](long w) {
+    if (examples) return seq_len;
+    return static_cast<int>(std::min<size_t>(seq_len, n_targets - static_cast<size_t>(w) * seq_len));
+  };
+  std::vector<int32_t> tokens(static_cast<size_t>(micro_batch) * seq_len), targets(tokens.size());
+  double sums[2] = {0.0, 0.0};  // loss sum, unmasked target count
+  std::vector<long> batch;
+  auto run = [&](int len) {
+    const int n = static_cast<int>(batch.size());
+    for (int j = 0; j < n; ++j) {
+      int32_t* x = tokens.data() + static_cast<size_t>(j) * len;
+      int32_t* y = targets.data() + static_cast<size_t>(j) * len;
+      if (examples) val.copy_example(static_cast<size_t>(batch[j]), len, x, y);
+      else val.copy_sequence(static_cast<size_t>(batch[j]) * seq_len, len, x, y);
+    }
+    const float loss = model.forward(tokens.data(), targets.data(), n, len);
+    sums[0] += static_cast<double>(loss) * static_cast<double>(model.n_targets());
+    sums[1] += static_cast<double>(model.n_targets());
+    batch.clear();
+  };
+  for (long w = comm.rank(); w < windows; w += comm.size()) {
+    // Full windows go micro_batch at a time; a shorter (last) window runs on its own.
+    if (length(w) != seq_len) {
+      if (!batch.empty()) run(seq_len);
+      batch.push_back(w);
+      run(length(w));
+      continue;
+    }
+    batch.push_back(w);
+    if (static_cast<int>(batch.size()) == micro_batch) run(seq_len);
+  }
+  if (!batch.empty()) run(seq_len);
+  comm.all_reduce(std::span<double>(sums, 2), comm::ReduceOp::kSum);
+  WindowEval out;
+  out.loss = sums[1] > 0 ? sums[0] / sums[1] : std::numeric_limits<double>::quiet_NaN();
+  out.tokens = static_cast<long>(sums[1]);
+  out.windows = windows;
+  return out;
 }
 
 namespace {
@@ -167,7 +226,13 @@ const std::set<std::string> kFrozenOnResume = {
     "model.arch", "model.vocab_size", "model.n_layer", "model.n_head", "model.n_kv_head",
     "model.d_model", "model.d_ff", "model.max_seq_len", "model.rope_theta",
     "model.tie_embeddings", "lora.rank", "lora.alpha", "lora.rslora", "lora.targets",
-    "train.mode", "run.seed", "data.format", "data.seq_len"};
+    "train.mode", "run.seed", "data.format", "data.seq_len", "data.tokenizer", "data.template",
+    "data.mask_prompt", "data.pack"};
+
+// Keys added after checkpoints already existed, with the value that means what their absence
+// meant: a checkpoint without the key resumes under that value with no change to report.
+const std::map<std::string, std::string> kAddedKeyDefaults = {
+    {"data.tokenizer", "~"}, {"data.template", "none"}, {"data.mask_prompt", "true"}, {"data.pack", "true"}};
 
 // Resume state that every rank needs, sent from rank 0 (only rank 0 reads the file).
 struct ResumeScalars {
@@ -190,6 +255,10 @@ std::vector<std::string> resume_config_changes(const std::string& ckpt_yaml, con
     auto it = old_keys.find(key);
     const std::string old_value = it == old_keys.end() ? "(unset)" : it->second;
     if (old_value == value) continue;
+    if (it == old_keys.end()) {
+      const auto d = kAddedKeyDefaults.find(key);
+      if (d != kAddedKeyDefaults.end() && d->second == value) continue;
+    }
     // A key the checkpoint's config does not have was added after it was written (model.n_kv_head,
     // say); the model spec itself is compared by check_checkpoint_fits.
     if (kFrozenOnResume.count(key) && it != old_keys.end())
@@ -242,6 +311,15 @@ void check_checkpoint_fits(const CheckpointState& c, const std::string& path, co
       return "[" + out + "]";
     };
     if (names(c.lora) != names(cfg.lora)) mismatch("lora.targets", names(c.lora), names(cfg.lora));
+    auto settings = [](const LoraSpec& s) {
+      std::string out;
+      for (const auto& [name, m] : s.module_settings)
+        out += (out.empty() ? "" : ", ") + name + " r=" + std::to_string(m.rank) + " alpha=" +
+               std::to_string(m.alpha);
+      return out.empty() ? std::string("none") : out;
+    };
+    if (c.lora.module_settings != cfg.lora.module_settings)
+      mismatch("per-module ranks and alphas", settings(c.lora), settings(cfg.lora));
   }
   if (c.params.size() != model.n_trainable())
     mismatch("parameter count", c.params.size(), model.n_trainable());
@@ -406,7 +484,16 @@ std::string metrics_json(const StepRecord& r) {
 
 }  // namespace
 
-TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptions& opts) {
+TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const TrainOptions& opts) {
+  // lora.init_from: the adapter's LoRA settings become the run's (every rank reads the same file),
+  // its parameters the starting point; a resumed checkpoint still replaces them below.
+  std::optional<Adapter> init;
+  if (!given_cfg.lora_init_from.empty()) {
+    LORA_INPUT_CHECK(given_cfg.train.mode == TrainMode::kLora, given_cfg.source_path,
+                     ": lora.init_from: adapters to start from need train.mode lora");
+    init = read_adapter(given_cfg.lora_init_from, given_cfg.model.spec, "lora.init_from");
+  }
+  const Config cfg = init ? config_for_adapter(given_cfg, *init, "lora.init_from") : given_cfg;
   const int rank = comm.rank(), world = comm.size();
   const bool lead = rank == 0;
   std::ostream& out = opts.out ? *opts.out : std::cout;
@@ -419,12 +506,16 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   const int threads = configure_threads(cfg.device.threads);
 
   // Data: every rank holds the whole stream; the global index decides which sequence it reads.
-  const TokenStream train_data(cfg.data.train, cfg.data.format, cfg.model.spec.vocab_size, T);
+  // Text with a tokenizer is tokenized once, by rank 0, into a cache every rank then reads.
+  const TokenStream train_data = load_token_stream(cfg, cfg.data.train, &comm);
   TokenStream val_data;
-  if (!cfg.data.val.empty())
-    val_data = TokenStream(cfg.data.val, cfg.data.format, cfg.model.spec.vocab_size, T);
+  if (!cfg.data.val.empty()) val_data = load_token_stream(cfg, cfg.data.val, &comm);
+  if (lead) {
+    for (const TokenStream* d : {&train_data, static_cast<const TokenStream*>(&val_data)})
+      for (const std::string& line : d->summary()) out << "lora: " << line << "\n";
+  }
 
-  auto model = build_model(cfg);
+  auto model = init ? build_model_with_adapter(given_cfg, *init, "lora.init_from") : build_model(cfg);
   const std::string fingerprint = model->base_fingerprint();
   // Every rank must train the same adapters on the same base: the base fingerprints are compared
   // and rank 0's trainable parameters are broadcast (the only time parameters travel).
@@ -484,6 +575,11 @@ TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptio
   comm::Communicator& gcomm = grad_comm->comm();
   const uint64_t grad_bytes = model->n_trainable() * sizeof(float);
   if (lead) print_startup(out, cfg, gcomm, *model, threads, train_data.size());
+  if (lead && init && !rs.has)
+    out << "lora: adapters start from " << init->path
+        << (init->peft ? " (PEFT adapter)"
+                       : " (checkpoint at step " + std::to_string(init->checkpoint->step) + ")")
+        << std::endl;
 
   const size_t bucket_elems = std::max<size_t>(
       1, static_cast<size_t>(cfg.comm.bucket_mb * 1024.0 * 1024.0 / sizeof(float)));

@@ -19,6 +19,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/data.h"
+#include "trainer/peft.h"
 
 namespace lora {
 
@@ -57,13 +58,37 @@ int configure_threads(int threads);
 // initialised from the seed per lora.init.
 std::unique_ptr<Model> build_model(const Config& cfg);
 
+// The model of cfg with an adapter's parameters: LoRA settings from the adapter
+// (config_for_adapter, which throws on a contradicting config), its parameters loaded; a
+// checkpoint's must also come from the same base (fingerprint, see check_checkpoint_fits).
+// `effective`, when given, receives the config the model was built from.
+std::unique_ptr<Model> build_model_with_adapter(const Config& cfg, const Adapter& adapter,
+                                                const std::string& what, Config* effective = nullptr);
+
 // Bytes one data-parallel step all-reduces (fp32 gradients of every trainable parameter).
 uint64_t lora_grad_bytes(const ModelSpec& spec, const LoraSpec& lora);
 uint64_t full_grad_bytes(const ModelSpec& spec);
 
 // Mean validation loss over the unmasked targets of eval_batches * micro_batch fixed sequences of
 // `val`, spread over the ranks of comm (the same sequences whatever the world size).
+// This is the trainer's periodic validation (a fixed random sample); `lora eval` uses
+// evaluate_windows.
 double evaluate(Model& model, const TokenStream& val, const Config& cfg, comm::Communicator& comm);
+
+struct WindowEval {
+  double loss = 0.0;  // mean cross-entropy over the targets (NaN when there are none)
+  long tokens = 0;    // targets evaluated (unmasked)
+  long windows = 0;
+};
+// Every target of `val` once: consecutive windows of seq_len inputs starting at token 0, seq_len,
+// 2 seq_len, ... (window w predicts tokens w seq_len + 1 .. (w + 1) seq_len), the last window
+// shorter when the stream does not divide evenly, so n_tokens - 1 targets in all (masked targets,
+// such as prompt tokens of instruction data, are not counted). With one example per sequence
+// (JSONL without packing) each example is one window. Only the first
+// max_windows windows when max_windows > 0. Windows run micro_batch at a time; window w goes to
+// rank w mod world, and the sums are all-reduced, so every rank returns the same result.
+WindowEval evaluate_windows(Model& model, const TokenStream& val, int seq_len, int micro_batch,
+                            long max_windows, comm::Communicator& comm);
 
 TrainSummary train(const Config& cfg, comm::Communicator& comm, const TrainOptions& opts);
 

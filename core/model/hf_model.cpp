@@ -516,24 +516,41 @@ json::Value hf_config_for(const ModelSpec& s, const json::Value* source) {
   return c;
 }
 
-void save_hf_model_dir(const std::string& dir, const BaseLayout& layout, const float* params,
-                       const json::Value& config) {
-  const fs::path target = fs::path(dir).lexically_normal();
-  const fs::path tmp = target.string() + ".tmp";
-  const fs::path old = target.string() + ".old";
+namespace {
+
+// `dir` without a trailing separator ("out/" -> "out").
+fs::path clean_dir(const std::string& dir) {
+  fs::path p = fs::path(dir).lexically_normal();
+  if (p.has_parent_path() && p.filename().empty()) p = p.parent_path();
+  return p;
+}
+
+// A fresh `dir`.tmp next to `dir`, for a directory written atomically.
+fs::path begin_dir(const std::string& dir) {
+  const fs::path tmp = clean_dir(dir).string() + ".tmp";
   std::error_code ec;
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
   if (ec) throw Error(tmp.string() + ": cannot create directory: " + ec.message());
-  const std::string config_path = (tmp / "config.json").string();
+  return tmp;
+}
+
+void write_text_durably(const std::string& path, const std::string& text) {
   {
-    std::ofstream out(config_path, std::ios::trunc);
-    out << json::dump(config) << "\n";
+    std::ofstream out(path, std::ios::trunc | std::ios::binary);
+    out << text;
     out.close();
-    if (!out) throw Error(config_path + ": cannot write");
+    if (!out) throw Error(path + ": cannot write");
   }
-  fsync_path(config_path, false);
-  save_base_weights((tmp / "model.safetensors").string(), layout, params);
+  fsync_path(path, false);
+}
+
+// Renames the finished `dir`.tmp onto `dir`; an existing `dir` is replaced only then.
+void commit_dir(const std::string& dir) {
+  const fs::path target = clean_dir(dir);
+  const fs::path tmp = target.string() + ".tmp";
+  const fs::path old = target.string() + ".old";
+  std::error_code ec;
   fsync_path(tmp.string(), true);
   fs::remove_all(old, ec);
   const bool had_target = fs::exists(target, ec);
@@ -545,6 +562,82 @@ void save_hf_model_dir(const std::string& dir, const BaseLayout& layout, const f
   if (ec) throw Error(target.string() + ": cannot rename " + tmp.string() + " into place: " + ec.message());
   if (had_target) fs::remove_all(old, ec);
   fsync_path(target.parent_path().empty() ? "." : target.parent_path().string(), true);
+}
+
+}  // namespace
+
+void save_hf_model_dir(const std::string& dir, const BaseLayout& layout, const float* params,
+                       const json::Value& config) {
+  const fs::path tmp = begin_dir(dir);
+  write_text_durably((tmp / "config.json").string(), json::dump(config) + "\n");
+  save_base_weights((tmp / "model.safetensors").string(), layout, params);
+  commit_dir(dir);
+}
+
+void save_hf_model_dir_like(const std::string& dir, const std::vector<std::string>& source_files,
+                            const std::string& copy_from_dir, const BaseLayout& layout,
+                            const float* params, const json::Value& config) {
+  LORA_CHECK(params != nullptr, "null parameter buffer");
+  const ModelSpec& s = layout.spec();
+  const WeightIndex index(source_files, s.is_gpt2());
+  for (const TensorInfo& info : layout.tensors())
+    LORA_INPUT_CHECK(index.find(info.name), index.where(), ": missing tensor '", info.name, "'");
+  const bool sharded = source_files.size() > 1 ||
+                       (!copy_from_dir.empty() &&
+                        fs::exists(fs::path(copy_from_dir) / "model.safetensors.index.json"));
+  const fs::path tmp = begin_dir(dir);
+  json::Value weight_map = json::Value::object();
+  uint64_t total_bytes = 0;
+  for (const auto& file : index.files) {
+    const std::string name = sharded ? fs::path(file->path()).filename().string() : "model.safetensors";
+    std::vector<SafetensorsWriteTensor> tensors;
+    std::vector<std::vector<float>> copies;  // tensors the model does not take, written back as read
+    copies.reserve(file->tensors().size());
+    for (const SafetensorsTensor& t : file->tensors()) {
+      std::string_view ours = t.name;
+      if (s.is_gpt2() && ours.substr(0, kGpt2Prefix.size()) == kGpt2Prefix)
+        ours.remove_prefix(kGpt2Prefix.size());
+      LORA_INPUT_CHECK(t.dtype == "F32" || t.dtype == "F16" || t.dtype == "BF16", file->path(),
+                       ": tensor '", t.name, "': dtype ", t.dtype,
+                       " cannot be written back (expected F32, F16 or BF16)");
+      const float* data = nullptr;
+      if (const TensorInfo* info = layout.find(std::string(ours))) {
+        data = params + info->offset;
+      } else {
+        copies.emplace_back(t.numel());
+        file->read_f32(t, copies.back().data());
+        data = copies.back().data();
+      }
+      tensors.push_back({t.name, t.shape, data, t.dtype});
+      weight_map.set(t.name, name);
+      total_bytes += t.end - t.begin;
+    }
+    write_safetensors((tmp / name).string(), tensors, file->metadata());
+  }
+  if (sharded) {
+    json::Value meta = json::Value::object();
+    meta.set("total_size", total_bytes);
+    json::Value idx = json::Value::object();
+    idx.set("metadata", meta);
+    idx.set("weight_map", weight_map);
+    write_text_durably((tmp / "model.safetensors.index.json").string(), json::dump(idx) + "\n");
+  }
+  bool have_config = false;
+  if (!copy_from_dir.empty()) {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(copy_from_dir, ec)) {
+      const std::string fname = entry.path().filename().string();
+      const std::string ext = entry.path().extension().string();
+      if (!entry.is_regular_file(ec) || fname == "model.safetensors.index.json") continue;
+      if (ext != ".json" && ext != ".txt" && ext != ".model") continue;
+      fs::copy_file(entry.path(), tmp / fname, fs::copy_options::overwrite_existing, ec);
+      if (ec) throw Error(entry.path().string() + ": cannot copy into " + tmp.string() + ": " + ec.message());
+      fsync_path((tmp / fname).string(), false);
+      have_config = have_config || fname == "config.json";
+    }
+  }
+  if (!have_config) write_text_durably((tmp / "config.json").string(), json::dump(config) + "\n");
+  commit_dir(dir);
 }
 
 }  // namespace lora

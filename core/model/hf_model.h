@@ -69,4 +69,15 @@ json::Value hf_config_for(const ModelSpec& spec, const json::Value* source = nul
 void save_hf_model_dir(const std::string& dir, const BaseLayout& layout, const float* params,
                        const json::Value& config);
 
+// Writes `params` as a model directory shaped like `source_files` (a model directory's
+// model.safetensors or shards, or one model.weights file): every tensor under the name, dtype
+// (F32, F16 or BF16) and file it has there; shards keep their file names and get a
+// model.safetensors.index.json; tensors the model does not take (ignored buffers, a tied
+// lm_head.weight) are written back unchanged. With `copy_from_dir`, its config.json and the other
+// small files beside the weights (*.json, *.txt, *.model: tokenizer, generation config) are copied
+// unchanged; `config` is written as config.json when none was copied. Atomic like save_hf_model_dir.
+void save_hf_model_dir_like(const std::string& dir, const std::vector<std::string>& source_files,
+                            const std::string& copy_from_dir, const BaseLayout& layout,
+                            const float* params, const json::Value& config);
+
 }  // namespace lora

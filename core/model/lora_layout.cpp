@@ -104,8 +104,24 @@ std::string_view lora_init_b_name(LoraInitB b) {
   return b == LoraInitB::kZeros ? "zeros" : "gaussian";
 }
 
-float LoraSpec::scaling() const {
+float lora_scaling(float alpha, int rank, bool rslora) {
   return rslora ? alpha / std::sqrt(static_cast<float>(rank)) : alpha / static_cast<float>(rank);
+}
+
+float LoraSpec::scaling() const { return lora_scaling(alpha, rank, rslora); }
+
+int LoraSpec::rank_of(const std::string& module) const {
+  const auto it = module_settings.find(module);
+  return it == module_settings.end() ? rank : it->second.rank;
+}
+
+float LoraSpec::alpha_of(const std::string& module) const {
+  const auto it = module_settings.find(module);
+  return it == module_settings.end() ? alpha : it->second.alpha;
+}
+
+float LoraSpec::scaling_of(const std::string& module) const {
+  return lora_scaling(alpha_of(module), rank_of(module), rslora);
 }
 
 bool LoraSpec::has_target(LoraTarget t) const {
@@ -154,6 +170,12 @@ LoraLayout::LoraLayout(const ModelSpec& model, const LoraSpec& spec) : spec_(spe
                      " exceeds min(d_in, d_out) = ", std::min(g.d_in, g.d_out), " of target ",
                      lora_target_name(t, model));
   }
+  for (const auto& [name, setting] : spec.module_settings) {
+    LORA_INPUT_CHECK(setting.rank > 0, "module '", name, "': rank: expected a positive integer, got ",
+                     setting.rank);
+    LORA_INPUT_CHECK(setting.alpha > 0 && std::isfinite(setting.alpha), "module '", name,
+                     "': alpha: expected a number > 0, got ", setting.alpha);
+  }
   const std::string block_prefix = model.is_gpt2() ? "h." : "model.layers.";
   index_.assign(static_cast<size_t>(model.n_layer) * kNumLoraTargets, -1);
   layer_offsets_.push_back(0);
@@ -170,9 +192,12 @@ LoraLayout::LoraLayout(const ModelSpec& model, const LoraSpec& spec) : spec_(spe
       m.d_out = g.d_out;
       m.col_offset = g.col_offset;
       m.ld_out = g.ld_out;
-      m.rank = spec.rank;
-      m.scaling = spec.scaling();
       m.name = block_prefix + std::to_string(l) + "." + std::string(lora_target_hf_name(t, model));
+      m.rank = spec.rank_of(m.name);
+      m.alpha = spec.alpha_of(m.name);
+      m.scaling = spec.scaling_of(m.name);
+      LORA_INPUT_CHECK(m.rank <= std::min(g.d_in, g.d_out), "module '", m.name, "': rank ", m.rank,
+                       " exceeds min(d_in, d_out) = ", std::min(g.d_in, g.d_out));
       m.a_offset = offset;
       offset += m.n_a();
       m.b_offset = offset;
@@ -185,6 +210,16 @@ LoraLayout::LoraLayout(const ModelSpec& model, const LoraSpec& spec) : spec_(spe
     layer_offsets_.push_back(offset);
   }
   n_params_ = offset;
+  for (const auto& [name, setting] : spec.module_settings) {
+    LORA_INPUT_CHECK(find(name) != nullptr, "module '", name,
+                     "' has its own rank and alpha but is not an adapted module of this ", model.arch,
+                     " model with targets ", [&] {
+                       std::string t;
+                       for (LoraTarget x : spec.targets)
+                         t += (t.empty() ? "" : ",") + std::string(lora_target_name(x, model));
+                       return t;
+                     }());
+  }
 }
 
 const LoraModule* LoraLayout::find(int layer, LoraTarget target) const {

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstddef>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -67,6 +68,14 @@ std::string lora_target_names_help(const ModelSpec& spec);
 std::string_view lora_init_a_name(LoraInitA a);
 std::string_view lora_init_b_name(LoraInitB b);
 
+// The rank and alpha of one module where they differ from the spec's (PEFT's rank_pattern and
+// alpha_pattern give adapters whose modules have different ranks).
+struct LoraModuleSetting {
+  int rank = 0;
+  float alpha = 0.0f;
+  bool operator==(const LoraModuleSetting&) const = default;
+};
+
 struct LoraSpec {
   int rank = 8;
   float alpha = 16.0f;
@@ -75,10 +84,19 @@ struct LoraSpec {
   std::vector<LoraTarget> targets{LoraTarget::kAttnQkv, LoraTarget::kAttnProj};
   LoraInitA init_a = LoraInitA::kGaussian;
   LoraInitB init_b = LoraInitB::kZeros;
+  // Per-module rank and alpha by Hugging Face module path ("model.layers.3.self_attn.q_proj");
+  // every module not listed has `rank` and `alpha`. Empty for adapters trained here from scratch.
+  std::map<std::string, LoraModuleSetting> module_settings;
 
-  float scaling() const;
+  float scaling() const;  // of a module with `rank` and `alpha`
   bool has_target(LoraTarget t) const;
+  int rank_of(const std::string& module) const;
+  float alpha_of(const std::string& module) const;
+  float scaling_of(const std::string& module) const;
 };
+
+// alpha / r, or alpha / sqrt(r) with rsLoRA.
+float lora_scaling(float alpha, int rank, bool rslora);
 
 struct LoraModule {
   int layer = 0;
@@ -89,6 +107,7 @@ struct LoraModule {
   int col_offset = 0;  // first output column of the linear's product this adapter adds into
   int ld_out = 0;      // width of that product (row stride of y and dy)
   int rank = 0;
+  float alpha = 0.0f;
   float scaling = 0.0f;
   size_t a_offset = 0;  // A [d_in, rank] starts here in the adapter buffer
   size_t b_offset = 0;  // B [rank, d_out]
@@ -109,7 +128,8 @@ TargetGeometry lora_target_geometry(LoraTarget t, const ModelSpec& spec);
 class LoraLayout {
  public:
   // Throws lora::InputError when the spec does not fit the model (rank <= 0, rank > min(d_in,
-  // d_out), no targets, a duplicate target, a target the family does not have).
+  // d_out), no targets, a duplicate target, a target the family does not have, a per-module
+  // setting for a module that is not adapted or with a rank or alpha out of range).
   LoraLayout(const ModelSpec& model, const LoraSpec& spec);
 
   const LoraSpec& spec() const { return spec_; }

@@ -44,6 +44,16 @@ ModelSpec family_spec(const std::string& arch, const ModelSpec& sizes) {
   return s;
 }
 
+ModelSpec gpt2_spec(int vocab_size, int max_seq_len, int n_layer, int n_head, int d_model) {
+  ModelSpec s;
+  s.vocab_size = vocab_size;
+  s.max_seq_len = max_seq_len;
+  s.n_layer = n_layer;
+  s.n_head = n_head;
+  s.d_model = d_model;
+  return family_spec("gpt2", s);
+}
+
 void validate_spec(const ModelSpec& s, const std::string& where) {
   auto positive = [&](const char* key, int v) {
     LORA_INPUT_CHECK(v > 0, where, ": model.", key, ": expected a positive integer, got ", v);

@@ -79,6 +79,9 @@ bool is_known_arch(std::string_view arch);
 // Throws lora::InputError for an unknown arch.
 ModelSpec family_spec(const std::string& arch, const ModelSpec& sizes);
 
+// GPT-2 of these sizes (d_ff 4 d_model).
+ModelSpec gpt2_spec(int vocab_size, int max_seq_len, int n_layer, int n_head, int d_model);
+
 // Throws lora::InputError (message prefixed with `where`) when the sizes do not make a model:
 // non-positive sizes, n_kv_head not dividing n_head, head_dim * n_head != d_model for GPT-2,
 // an odd head_dim with RoPE, a non-positive eps or theta.

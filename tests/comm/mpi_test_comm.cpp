@@ -268,6 +268,41 @@ TEST(Timeout, WaitThrowsWhileAnotherRankIsLateThenCompletes) {
   EXPECT_EQ(v[1], float(rank_sum(comm.size())));
 }
 
+// After a timeout the error names the ranks that do not answer a ping (the last rank, busy outside
+// MPI here), not those that wait in the same collective (they answer while they poll).
+TEST(Timeout, NamesTheRankThatDoesNotAnswer) {
+  auto& comm = world();
+  const int last = comm.size() - 1;
+  std::vector<float> v = {1.0f};
+  if (comm.rank() == 0) {
+    auto work = comm.all_reduce_async(std::span<float>(v), ReduceOp::kSum);
+    try {
+      work->wait(std::chrono::milliseconds(300));
+      ADD_FAILURE() << "wait returned although the last rank had not joined";
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      const std::string silent = "could not reach rank " + std::to_string(last) + " (host " +
+                                 comm.host_of(last) + ") (no answer to a ping within 0.3 s)";
+      EXPECT_NE(what.find(silent), std::string::npos) << what;
+      for (int r = 1; r < last; ++r)
+        EXPECT_EQ(what.find("rank " + std::to_string(r) + " (host"), std::string::npos) << what;
+    }
+    work->wait(std::chrono::seconds(60));
+  } else if (comm.rank() == last) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    comm.all_reduce(std::span<float>(v), ReduceOp::kSum);
+  } else {
+    comm.all_reduce(std::span<float>(v), ReduceOp::kSum);
+  }
+  EXPECT_EQ(v[0], float(comm.size()));
+}
+
+TEST(Hosts, EveryRankKnowsEveryHostName) {
+  auto& comm = world();
+  EXPECT_EQ(comm.host_of(comm.rank()), comm.hostname());
+  for (int r = 0; r < comm.size(); ++r) EXPECT_FALSE(comm.host_of(r).empty()) << r;
+}
+
 }  // namespace
 }  // namespace lora::comm
 

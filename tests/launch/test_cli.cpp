@@ -106,18 +106,19 @@ TEST_F(Cli, FullModeWeightsLoadAsABase) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::string weights = *dir_ / "full/model.safetensors";
   ASSERT_TRUE(std::filesystem::exists(weights));
-  // Evaluating the base through model.weights gives exactly the full run's final validation loss.
+  // Evaluating the base through model.weights gives exactly what the full run's final
+  // checkpoint gives.
   auto losses = run_command(lora_cmd("eval " + cfg() + " --set model.weights=" + weights));
   ASSERT_EQ(losses.exit_code, 0) << losses.output;
-  std::ifstream m(*dir_ / "full/metrics.jsonl");
-  std::string line, last;
-  while (std::getline(m, line)) last = line;
-  const auto p = last.find("\"val_loss\": ");
-  ASSERT_NE(p, std::string::npos) << last;
-  const double val = std::stod(last.substr(p + 12));
+  const auto scan = find_latest_checkpoint(*dir_ / "full/checkpoints");
+  ASSERT_TRUE(scan.latest_valid.has_value());
+  auto from_ckpt = run_command(lora_cmd("eval " + cfg("tiny-full.yaml") + " --adapter " + *scan.latest_valid));
+  ASSERT_EQ(from_ckpt.exit_code, 0) << from_ckpt.output;
+  const auto p = from_ckpt.output.find("val loss ");
   const auto q = losses.output.find("val loss ");
-  ASSERT_NE(q, std::string::npos);
-  EXPECT_NEAR(std::stod(losses.output.substr(q + 9)), val, 1e-4);
+  ASSERT_NE(p, std::string::npos) << from_ckpt.output;
+  ASSERT_NE(q, std::string::npos) << losses.output;
+  EXPECT_NEAR(std::stod(losses.output.substr(q + 9)), std::stod(from_ckpt.output.substr(p + 9)), 1e-6);
   auto lr = run_command(lora_cmd("train " + cfg() + " --set model.weights=" + weights +
                                  " --set run.output_dir=" + (*dir_ / "on-base")));
   EXPECT_EQ(lr.exit_code, 0) << lr.output;

@@ -123,7 +123,7 @@ double comm_bytes_per_step(const std::string& metrics) {
 }
 
 TEST_F(MultiRank, BytesPerStepAreFourTimesTheTrainableParameters) {
-  const ModelSpec shape = family_spec("gpt2", ModelSpec{.vocab_size = 256, .max_seq_len = 32, .n_layer = 2, .n_head = 2, .d_model = 32});
+  const ModelSpec shape = gpt2_spec(256, 32, 2, 2, 32);
   LoraSpec spec;
   spec.rank = 4;
   spec.targets = {LoraTarget::kAttnQkv, LoraTarget::kAttnProj, LoraTarget::kMlpFc, LoraTarget::kMlpProj};

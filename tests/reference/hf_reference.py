@@ -1,11 +1,13 @@
 """Reference computations with Hugging Face transformers and PEFT, for tests/reference/*.cpp.
 
-usage:
+usage: hf_reference.py COMMAND FILE [COMMAND FILE ...] (the pairs run in order, in one process)
   hf_reference.py make CASES.json
       CASES.json: [{"family": "llama", "dir": OUT_DIR, "seed": 1, "config": {...}}, ...]
       Builds each random model with transformers itself (config class + from_config), with weights
       of a standard deviation large enough that a wrong convention moves the loss far beyond the
-      tolerances, and saves it with save_pretrained (config.json + model.safetensors).
+      tolerances, and saves it with save_pretrained (config.json + model.safetensors). Optional
+      "torch_dtype" ("bfloat16", "float16") saves it in that dtype, "max_shard_size" ("20KB")
+      in shards with model.safetensors.index.json.
   hf_reference.py run JOBS.json
       JOBS.json: [{"model": DIR, "inputs": IN.safetensors, "output": OUT.safetensors,
                    "lora": null | {"r": 4, "alpha": 8.0, "rslora": false, "modules": [...]}}, ...]
@@ -19,6 +21,21 @@ usage:
       (mean cross-entropy over the unmasked targets, summed in float64, as a 1-element tensor), and with
       "lora" the gradient of that loss for each adapter in our orientation ("<module>.dA",
       "<module>.dB").
+  hf_reference.py peft_make JOBS.json
+      JOBS.json: [{"model": DIR, "out": ADAPTER_DIR, "seed": 1, "std": 0.05,
+                   "lora": {LoraConfig keyword arguments: r, lora_alpha, target_modules,
+                            rank_pattern, alpha_pattern, use_rslora, ...},
+                   "dtype": "float32" | "bfloat16" | "float16"}, ...]
+      Creates an adapter with PEFT itself (get_peft_model), sets every lora_A and lora_B weight to
+      std * N(0, 1) (so B is not zero), casts them to dtype, and saves it with save_pretrained.
+  hf_reference.py peft_eval JOBS.json
+      JOBS.json: [{"model": DIR, "adapter": ADAPTER_DIR | null, "inputs": IN.safetensors,
+                   "output": OUT.safetensors, "seq_len": T, "float64": true}, ...]
+      Loads the model (and the adapter with PeftModel.from_pretrained), in float64 when asked.
+      IN.safetensors holds "tokens" [B, T'] (float32 holding integers) and "stream" [N] (a token
+      stream). OUT.safetensors gets "logits" [B, T', V] of "tokens", and "window_loss" and
+      "window_tokens": the mean cross-entropy (summed in float64) over every next-token target of
+      the stream, in consecutive windows of seq_len from token 0, the last one shorter.
 Exit 0 on success; a Python exception otherwise.
 """
 import json
@@ -53,7 +70,10 @@ def make(cases):
                     p.copy_(0.2 * torch.randn_like(p))
                 else:
                     p.copy_(std * torch.randn_like(p))
-        model.save_pretrained(case["dir"], safe_serialization=True)
+        if case.get("torch_dtype"):
+            model = model.to(getattr(torch, case["torch_dtype"]))
+        kwargs = {"max_shard_size": case["max_shard_size"]} if case.get("max_shard_size") else {}
+        model.save_pretrained(case["dir"], safe_serialization=True, **kwargs)
 
 
 def peft_key_to_ours(name):
@@ -115,17 +135,72 @@ def run(jobs):
         save_file(out, job["output"])
 
 
+def peft_make(jobs):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for job in jobs:
+        model = AutoModelForCausalLM.from_pretrained(job["model"], torch_dtype=torch.float32)
+        fan_in_fan_out = model.config.model_type == "gpt2"
+        config = LoraConfig(task_type="CAUSAL_LM", fan_in_fan_out=fan_in_fan_out, **job["lora"])
+        model = get_peft_model(model, config)
+        torch.manual_seed(job.get("seed", 1))
+        dtype = getattr(torch, job.get("dtype", "float32"))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_A" in name or "lora_B" in name:
+                    p.copy_(job.get("std", 0.05) * torch.randn_like(p))
+                    p.data = p.data.to(dtype)
+        # The model card needs Jinja2, which the reference environment does not have.
+        model.create_or_update_model_card = lambda *args, **kwargs: None
+        model.save_pretrained(job["out"], safe_serialization=True)
+
+
+def peft_eval(jobs):
+    from transformers import AutoModelForCausalLM
+
+    for job in jobs:
+        dtype = torch.float64 if job.get("float64") else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(
+            job["model"], torch_dtype=torch.float32, attn_implementation="eager")
+        if job.get("adapter"):
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, job["adapter"])
+        model = model.to(dtype)
+        model.eval()
+        inputs = load_file(job["inputs"])
+        out = {}
+        with torch.no_grad():
+            tokens = inputs["tokens"].round().long()
+            out["logits"] = model(input_ids=tokens).logits.float().contiguous()
+            stream = inputs["stream"].round().long()
+            seq_len = job["seq_len"]
+            total, count = 0.0, 0
+            for start in range(0, stream.numel() - 1, seq_len):
+                n = min(seq_len, stream.numel() - 1 - start)
+                logits = model(input_ids=stream[start:start + n][None]).logits[0]
+                total += torch.nn.functional.cross_entropy(
+                    logits.double(), stream[start + 1:start + 1 + n], reduction="sum").item()
+                count += n
+        out["window_loss"] = torch.tensor([total / count], dtype=torch.float32)
+        out["window_tokens"] = torch.tensor([float(count)], dtype=torch.float32)
+        save_file(out, job["output"])
+
+
 def main():
-    command, path = sys.argv[1], sys.argv[2]
-    with open(path) as f:
-        spec = json.load(f)
+    # One or more "COMMAND FILE" pairs, run in order in one process (importing torch and
+    # transformers once).
+    args = sys.argv[1:]
+    if not args or len(args) % 2:
+        raise SystemExit("usage: hf_reference.py COMMAND FILE [COMMAND FILE ...]")
     torch.set_num_threads(1)
-    if command == "make":
-        make(spec)
-    elif command == "run":
-        run(spec)
-    else:
-        raise SystemExit(f"unknown command {command}")
+    commands = {"make": make, "run": run, "peft_make": peft_make, "peft_eval": peft_eval}
+    for command, path in zip(args[0::2], args[1::2]):
+        if command not in commands:
+            raise SystemExit(f"unknown command {command}")
+        with open(path) as f:
+            commands[command](json.load(f))
 
 
 if __name__ == "__main__":

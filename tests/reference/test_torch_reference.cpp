@@ -42,7 +42,7 @@ class TorchReference : public ::testing::TestWithParam<Case> {};
 TEST_P(TorchReference, LossLogitsAndAdapterGradientsMatch) {
   if (!python_has_torch()) GTEST_SKIP() << "python3 with torch and numpy not found at " << LORA_PYTHON;
   const Case& c = GetParam();
-  const ModelSpec shape = family_spec("gpt2", ModelSpec{.vocab_size = 61, .max_seq_len = 24, .n_layer = 2, .n_head = 4, .d_model = 32});
+  const ModelSpec shape = gpt2_spec(61, 24, 2, 4, 32);
   LoraSpec spec;
   spec.rank = c.rank;
   spec.alpha = 8.0f;

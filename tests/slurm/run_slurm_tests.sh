@@ -48,6 +48,8 @@ for tool in munged slurmctld slurmd sbatch srun scontrol scancel squeue sinfo; d
 done
 [[ $(id -u) -eq 0 ]] || skip "slurmd must run as root to start jobs, and this test runs as uid $(id -u)"
 [[ -x $lora ]] || fail "no lora binary at $lora"
+lora=$(readlink -f "$lora")
+src=$(readlink -f "$src")
 n_cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 ((n_cpus >= 2)) || skip "the 2-task jobs need a node with 2 CPUs and this machine has $n_cpus"
 
@@ -75,6 +77,9 @@ trap 'exit 1' INT TERM
 
 t_start=$SECONDS
 elapsed() { echo "$((SECONDS - t_start)) s"; }
+# The submit directory: a job log that escaped --output (slurm-<job>.out) lands here, not in the
+# directory the test was started from.
+cd "$work" || exit 1
 
 # ---- inputs: a small corpus and a tiny model (2 layers, d_model 32, seq 32) -----------------------
 "$python" - "$work" <<'EOF'

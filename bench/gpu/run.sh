@@ -486,7 +486,7 @@ fi
 run_stage bench_lora 120 check_bench -- "${kenv[@]}" "$(kx bench_gpt2_cuda)" --mode lora --steps 10 --warmup 3
 run_stage bench_full 120 check_bench -- "${kenv[@]}" "$(kx bench_gpt2_cuda)" --mode full --steps 5 --warmup 2
 run_stage bench_cpu 150 check_bench -- "${kenv[@]}" "$(kx bench_train)" --layers 12 --d-model 768 \
-  --heads 12 --vocab 50257 --seq 1024 --batch 1 --threads "$(getconf _NPROCESSORS_ONLN)" --steps 2 --warmup 1
+  --heads 12 --vocab 50257 --seq 1024 --batch 1 --threads "$(getconf _NPROCESSORS_ONLN)" --steps 1 --warmup 1
 
 # ---- wrap up ----
 tar -C "$work" -czf "$out/logs.tar.gz" logs 2>/dev/null

@@ -1,6 +1,6 @@
 """Chat-template rendering by Hugging Face transformers, the reference for tests/trainer/test_data.cpp.
 
-    chat_reference.py TOKENIZER_DIR chatml|llama3 EXAMPLES.jsonl OUT.json
+    chat_reference.py TOKENIZER_DIR chatml|llama3 EXAMPLES.jsonl OUT.json [--generation-prompt]
 
 For each JSONL example ({"messages": [...]} or {"prompt", "completion"}, the latter as a user and
 an assistant message) writes {"text", "ids", "mask"} to OUT.json: the text apply_chat_template
@@ -9,6 +9,8 @@ for llama3, written here into the tokenizer's chat_template as a tokenizer_confi
 it), its ids (tokenized without added BOS/EOS, as apply_chat_template does), and per id whether
 it is an assistant token (return_assistant_tokens_mask, from a copy of the template that marks the
 assistant content and its end-of-turn token with {% generation %} and renders the same text).
+With --generation-prompt it writes {"text", "ids"} of what a chat front end sends a model: each
+example's first user message alone, rendered with add_generation_prompt=True.
 """
 import json
 import os
@@ -52,6 +54,7 @@ MASKED = {
 
 def main():
     tok_dir, name, jsonl, out = sys.argv[1:5]
+    generation = len(sys.argv) > 5 and sys.argv[5] == "--generation-prompt"
     with open(os.path.join(tok_dir, "tokenizer_config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(tok_dir, "tokenizer.json"),
@@ -68,6 +71,11 @@ def main():
             else:
                 messages = [{"role": "user", "content": ex["prompt"]},
                             {"role": "assistant", "content": ex["completion"]}]
+            if generation:
+                user = [m for m in messages if m["role"] == "user"][:1]
+                text = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+                results.append({"text": text, "ids": tok(text, add_special_tokens=False)["input_ids"]})
+                continue
             text = tok.apply_chat_template(messages, tokenize=False)
             masked_text = tok.apply_chat_template(messages, chat_template=MASKED[name], tokenize=False)
             assert masked_text == text, (masked_text, text)

@@ -516,6 +516,7 @@ TEST(Config, ShippedConfigsParse) {
   fs::create_directories(hf_dir);
   std::ofstream(hf_dir + "/config.json") << lora::json::dump(lora::hf_config_for(smol));
   std::ofstream(hf_dir + "/model.safetensors") << "stand-in: the config does not open the weights";
+  std::ofstream(hf_dir + "/tokenizer.json") << "{}";  // the config checks that it exists only
   int n = 0;
   for (const auto& e : fs::directory_iterator(fs::path(LORA_SOURCE_DIR) / "configs")) {
     const std::string name = e.path().filename().string();
@@ -527,6 +528,11 @@ TEST(Config, ShippedConfigsParse) {
                                      "data.val=" + (tokens ? shard : text)};
     if (y["model"] && y["model"]["path"]) sets.push_back("model.path=" + hf_dir);
     if (y["model"] && y["model"]["weights"]) sets.push_back("model.weights=null");
+    if (y["data"] && y["data"]["tokenizer"]) sets.push_back("data.tokenizer=" + hf_dir);
+    if (y["data"] && y["data"]["format"] && y["data"]["format"].as<std::string>() == "jsonl") {
+      sets[0] = "data.train=" + text;  // any file: the config checks that the data files exist
+      sets[1] = "data.val=" + text;
+    }
     EXPECT_NO_THROW(lora::load_config(e.path().string(), sets));
     ++n;
   }

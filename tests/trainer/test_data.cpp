@@ -570,6 +570,63 @@ TEST(Jsonl, ChatTemplatesMatchTransformersTokenByToken) {
   }
 }
 
+// What `lora generate --chat` sends the model: the first user message of each example alone, in the
+// template, followed by the start of the assistant's turn — the text and ids transformers'
+// apply_chat_template(add_generation_prompt=True) gives; the reply stops at EOS or end of turn.
+TEST(Jsonl, ChatPromptsMatchTransformersGenerationPrompt) {
+  LORA_REQUIRE_REFERENCE_TOKENIZERS(ref);
+  TempDir dir;
+  const std::string jsonl = chat_examples(dir);
+  const struct {
+    const char* style;
+    const char* name;
+    lora::ChatTemplate tmpl;
+    const char* end_of_turn;
+  } cases[] = {{"qwen2", "chatml", lora::ChatTemplate::kChatml, "<|im_end|>"},
+               {"llama3", "llama3", lora::ChatTemplate::kLlama3, "<|eot_id|>"}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string out = dir.file(std::string(c.name) + ".generation.json");
+    const std::string cmd = lora::testing::shell_quote(LORA_REF_PYTHON) + " " +
+                            lora::testing::shell_quote(std::string(LORA_SOURCE_DIR) + "/tests/trainer/chat_reference.py") +
+                            " " + lora::testing::shell_quote(ref->dir(c.style)) + " " + c.name + " " +
+                            lora::testing::shell_quote(jsonl) + " " + lora::testing::shell_quote(out) +
+                            " --generation-prompt";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    const lora::json::Value want = lora::json::parse(lora::testing::read_file_text(out));
+    const lora::Tokenizer tok = lora::Tokenizer::load(ref->dir(c.style));
+    std::ifstream in(jsonl);
+    std::string line;
+    size_t i = 0;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      ASSERT_LT(i, want.size());
+      const lora::json::Value ex = lora::json::parse(line);
+      std::string user;
+      if (const lora::json::Value* p = ex.find("prompt")) {
+        user = p->as_string();
+      } else {
+        for (const lora::json::Value& m : ex.find("messages")->as_array())
+          if (m.find("role")->as_string() == "user") {
+            user = m.find("content")->as_string();
+            break;
+          }
+      }
+      const lora::ChatPrompt p = lora::render_chat_prompt(user, c.tmpl, tok);
+      const lora::json::Value& w = want.as_array()[i++];
+      EXPECT_EQ(p.text, w.find("text")->as_string());
+      EXPECT_FALSE(p.add_bos);  // both templates write what BOS they need into the text
+      const std::vector<int32_t> ids = tok.encode(p.text);
+      const auto& want_ids = w.find("ids")->as_array();
+      ASSERT_EQ(ids.size(), want_ids.size());
+      for (size_t k = 0; k < ids.size(); ++k) EXPECT_EQ(ids[k], want_ids[k].as_int64()) << "token " << k;
+      const int32_t eot = tok.token_id(c.end_of_turn);
+      EXPECT_NE(std::find(p.stop_ids.begin(), p.stop_ids.end(), eot), p.stop_ids.end());
+    }
+    EXPECT_EQ(i, want.size());
+  }
+}
+
 TEST(Jsonl, NoneTemplateMasksThePromptAndEndsWithEos) {
   LORA_REQUIRE_REFERENCE_TOKENIZERS(ref);
   TempDir dir;

@@ -1,14 +1,16 @@
-// Training-step benchmark of the CUDA GPT-2 model (core/model/gpt2_cuda.h) on one GPU: tokens/s
-// and step time for one shape, warm-up steps excluded, fp32 throughout. A step is what a training
-// step does on the device: zero the gradients, forward with targets (its one host synchronisation,
-// the loss read), backward, global gradient norm, AdamW; the step ends when the device is done
-// (an event after the update). Defaults: GPT-2 124M at a 1024-token context, LoRA r 8 on
-// attn.qkv and attn.proj, batch 4. Prints one JSON object, the same keys as bench_train where they
-// mean the same.
+// Training-step benchmark of the CUDA model (core/model/transformer_cuda.h) on one GPU: tokens/s
+// and step time for one shape, warm-up steps excluded, fp32 throughout. A step is what the
+// trainer's step does on the device: zero the gradients, forward with targets and the loss
+// deferred (no host synchronisation), backward, then the model's optimizer (global gradient norm,
+// clipping at 1.0 and AdamW, all on the device); the step ends when the device is done (an event
+// after the update). The loss is read back only for the first and last steps. Defaults: GPT-2 124M
+// at a 1024-token context, LoRA r 8 on attn.qkv and attn.proj, batch 4 (`--arch llama` gives a
+// Llama-family model of the same sizes, SwiGLU width 4 d_model, `--kv-heads` for grouped-query
+// attention). Prints one JSON object, the same keys as bench_train where they mean the same.
 //
-//   bench_gpt2_cuda [--layers 12] [--d-model 768] [--heads 12] [--vocab 50257] [--seq 1024]
-//                   [--batch 4] [--rank 8] [--targets attn.qkv,attn.proj] [--mode lora|full]
-//                   [--steps 10] [--warmup 3]
+//   bench_gpt2_cuda [--arch gpt2|llama] [--layers 12] [--d-model 768] [--heads 12] [--kv-heads N]
+//                   [--vocab 50257] [--seq 1024] [--batch 4] [--rank 8]
+//                   [--targets attn.qkv,attn.proj] [--mode lora|full] [--steps 10] [--warmup 3]
 #include <cstdio>
 
 #ifdef LORA_WITH_CUDA
@@ -24,8 +26,7 @@
 
 #include "core/cuda_runtime.h"
 #include "core/model/transformer.h"
-#include "core/model/gpt2_cuda.h"
-#include "core/ops/adamw.h"
+#include "core/model/transformer_cuda.h"
 #include "core/rng.h"
 
 using namespace lora;
@@ -33,36 +34,28 @@ using namespace lora;
 namespace {
 
 // Times the steps on device 0 and prints the JSON line; returns the exit status.
-int run(const ModelSpec& shape, TrainMode train_mode, const std::optional<LoraSpec>& lspec,
-        const LoraSpec& spec, const std::string& mode, const std::string& targets, int seq,
-        int batch, int steps, int warmup) {
+int run(const ModelSpec& shape, const std::optional<LoraSpec>& lspec, const LoraSpec& spec,
+        const std::string& mode, const std::string& targets, int seq, int batch, int steps,
+        int warmup) {
   const int device = cuda::select_device(0);
-  cudaStream_t stream = nullptr;
-  LORA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cudaEvent_t done = nullptr;
-  LORA_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   std::vector<double> times;
-  float first_loss = 0.0f, last_loss = 0.0f;
-  double grad_sq = 0.0;
+  double first_loss = 0.0, last_loss = 0.0;
+  float grad_norm = 0.0f;
   size_t n = 0, device_bytes = 0;
-  {  // the model and buffers go before the stream they use
-    // The base and adapters are initialised on the host as the CPU model does, then uploaded.
-    Gpt2CudaModel model(shape, train_mode, lspec, stream);
+  {
+    // The base and adapters are initialised on the host as the trainer does, then uploaded.
+    std::unique_ptr<CudaTransformerModel> model;
     {
-      TransformerModel host(shape, train_mode, lspec);
+      TransformerModel host(shape, lspec ? TrainMode::kLora : TrainMode::kFull, lspec);
       host.init_base_random(1);
-      model.upload_base(host.base_params());
-      if (lspec) {
-        host.init_lora(2);
-        model.upload_lora(host.lora_params());
-      }
+      host.init_lora(2);
+      model = CudaTransformerModel::from_host(host);
     }
-    n = model.n_trainable();
-    cuda::DeviceBuffer<float> m(n), v(n);
-    cuda::DeviceBuffer<double> sum_sq(1);
-    m.zero(stream);
-    v.zero(stream);
-    const ops::AdamWParams hp{};
+    cudaStream_t stream = model->stream();
+    cudaEvent_t done = nullptr;
+    LORA_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    n = model->n_trainable();
+    auto optimizer = model->make_optimizer(ops::AdamWParams{});
     std::vector<int32_t> tokens(static_cast<size_t>(batch) * seq), labels(tokens.size());
     for (int s = 0; s < warmup + steps; ++s) {
       for (size_t i = 0; i < tokens.size(); ++i) {
@@ -70,39 +63,39 @@ int run(const ModelSpec& shape, TrainMode train_mode, const std::optional<LoraSp
         labels[i] = static_cast<int32_t>(hash_u64(4, s, i) % shape.vocab_size);
       }
       const auto t0 = std::chrono::steady_clock::now();
-      model.zero_grads();
-      const float loss = model.forward(tokens.data(), labels.data(), batch, seq,
-                                       ForwardOptions{.training = true, .step = uint64_t(s)});
-      model.backward();
-      ops::sum_squares_cuda(sum_sq.data(), model.trainable_grads(), n, stream);
-      ops::adamw_update_cuda(model.trainable_params(), model.trainable_grads(), m.data(),
-                             v.data(), n, hp, s + 1, stream);
+      model->zero_grads();
+      model->clear_loss_sum();
+      model->forward(tokens.data(), labels.data(), batch, seq,
+                     ForwardOptions{.training = true, .step = uint64_t(s), .defer_loss = true});
+      model->backward();
+      optimizer->step(1e-3f, 1.0f);
       LORA_CUDA_CHECK(cudaEventRecord(done, stream));
       LORA_CUDA_CHECK(cudaEventSynchronize(done));
       const auto t1 = std::chrono::steady_clock::now();
       if (s >= warmup) times.push_back(std::chrono::duration<double>(t1 - t0).count());
+      const double loss = model->loss_sum() / static_cast<double>(model->n_targets());
       if (s == 0) first_loss = loss;
       last_loss = loss;
     }
-    sum_sq.copy_to_host(&grad_sq, stream);
-    device_bytes = model.device_bytes();
+    grad_norm = optimizer->last_grad_norm();
+    device_bytes = model->device_bytes();
+    cudaEventDestroy(done);
   }
-  cudaEventDestroy(done);
-  cudaStreamDestroy(stream);
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
   std::printf(
-      "{\"impl\": \"lora-cuda\", \"device\": \"%s\", \"mode\": \"%s\", \"layers\": %d, "
+      "{\"impl\": \"lora-cuda\", \"device\": \"%s\", \"arch\": \"%s\", \"mode\": \"%s\", "
+      "\"layers\": %d, "
       "\"d_model\": %d, \"heads\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, "
       "\"rank\": %d, \"targets\": \"%s\", \"trainable\": %zu, \"steps\": %d, "
       "\"warmup\": %d, \"step_s_median\": %.5f, \"step_s_min\": %.5f, "
       "\"tokens_per_s\": %.1f, \"device_mib\": %.1f, \"loss_first\": %.5f, "
       "\"loss_last\": %.5f, \"grad_norm_last\": %.5g}\n",
-      cuda::device_name(device).c_str(), mode.c_str(), shape.n_layer, shape.d_model,
-      shape.n_head, shape.vocab_size, seq, batch, spec.rank, targets.c_str(), n, steps, warmup,
-      median, times.front(), batch * seq / median, device_bytes / 1048576.0, first_loss,
-      last_loss, std::sqrt(grad_sq));
-  if (!(std::isfinite(first_loss) && std::isfinite(last_loss) && std::isfinite(grad_sq))) {
+      cuda::device_name(device).c_str(), shape.arch.c_str(), mode.c_str(), shape.n_layer,
+      shape.d_model, shape.n_head, shape.vocab_size, seq, batch, spec.rank, targets.c_str(), n,
+      steps, warmup, median, times.front(), batch * seq / median, device_bytes / 1048576.0, first_loss,
+      last_loss, grad_norm);
+  if (!(std::isfinite(first_loss) && std::isfinite(last_loss) && std::isfinite(grad_norm))) {
     std::fprintf(stderr, "bench_gpt2_cuda: loss or gradient norm is not finite\n");
     return 1;
   }
@@ -112,17 +105,24 @@ int run(const ModelSpec& shape, TrainMode train_mode, const std::optional<LoraSp
 }  // namespace
 
 int main(int argc, char** argv) {
-  ModelSpec shape = gpt2_spec(50257, 1024, 12, 12, 768);
+  ModelSpec sizes;  // GPT-2 124M
+  sizes.vocab_size = 50257;
+  sizes.max_seq_len = 1024;
+  sizes.n_layer = 12;
+  sizes.n_head = 12;
+  sizes.d_model = 768;
   int seq = 1024, batch = 4, steps = 10, warmup = 3;
-  std::string mode = "lora", targets = "attn.qkv,attn.proj";
+  std::string arch = "gpt2", mode = "lora", targets;
   LoraSpec spec;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const char* v = argv[i + 1];
-    if (k == "--layers") shape.n_layer = std::atoi(v);
-    else if (k == "--d-model") shape.d_model = std::atoi(v);
-    else if (k == "--heads") shape.n_head = std::atoi(v);
-    else if (k == "--vocab") shape.vocab_size = std::atoi(v);
+    if (k == "--arch") arch = v;
+    else if (k == "--layers") sizes.n_layer = std::atoi(v);
+    else if (k == "--d-model") sizes.d_model = std::atoi(v);
+    else if (k == "--heads") sizes.n_head = std::atoi(v);
+    else if (k == "--kv-heads") sizes.n_kv_head = std::atoi(v);
+    else if (k == "--vocab") sizes.vocab_size = std::atoi(v);
     else if (k == "--seq") seq = std::atoi(v);
     else if (k == "--batch") batch = std::atoi(v);
     else if (k == "--rank") spec.rank = std::atoi(v);
@@ -139,7 +139,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_gpt2_cuda: steps, batch and seq must be positive\n");
     return 2;
   }
-  shape.max_seq_len = std::max(shape.max_seq_len, seq);
+  sizes.max_seq_len = std::max(sizes.max_seq_len, seq);
+  if (arch != "gpt2") sizes.d_ff = 4 * sizes.d_model;
+  ModelSpec shape;
+  try {
+    shape = family_spec(arch, sizes);
+    validate_spec(shape, "bench_gpt2_cuda");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_gpt2_cuda: %s\n", e.what());
+    return 2;
+  }
+  if (targets.empty()) targets = shape.is_gpt2() ? "attn.qkv,attn.proj" : "q_proj,v_proj";
   spec.alpha = 2.0f * spec.rank;
   spec.targets.clear();
   std::stringstream ss(targets);
@@ -151,13 +161,11 @@ int main(int argc, char** argv) {
     }
     spec.targets.push_back(*target);
   }
-  const bool full = mode == "full";
   std::optional<LoraSpec> lspec;
-  if (!full) lspec = spec;
-  const TrainMode train_mode = full ? TrainMode::kFull : TrainMode::kLora;
+  if (mode != "full") lspec = spec;
 
   try {
-    return run(shape, train_mode, lspec, spec, mode, targets, seq, batch, steps, warmup);
+    return run(shape, lspec, spec, mode, targets, seq, batch, steps, warmup);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_gpt2_cuda: %s\n", e.what());
     return 1;

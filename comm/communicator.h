@@ -16,6 +16,9 @@
 #include <span>
 #include <string>
 
+// A CUDA stream (cudaStream_t), declared without the CUDA headers: comm/ builds without CUDA.
+struct CUstream_st;
+
 namespace lora::comm {
 
 enum class DType { kFloat32, kFloat64, kInt32, kInt64, kUint8 };
@@ -70,6 +73,14 @@ class Communicator {
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
   // Ends every rank of the job (MPI_Abort or equivalent). Never returns.
   [[noreturn]] virtual void abort(int exit_code) = 0;
+  // Device communicators (NCCL): makes `consumer` wait, on the device, for every collective
+  // enqueued so far, without blocking the host, and returns true; the pending Work must still be
+  // waited or tested later to see errors and timeouts. Host communicators return false: their
+  // Work must be waited before the buffer is used.
+  virtual bool order_before(CUstream_st* consumer) {
+    (void)consumer;
+    return false;
+  }
 
   CommStats& stats() { return stats_; }
   const CommStats& stats() const { return stats_; }

@@ -12,7 +12,9 @@
 //     end away from the range (so the first bucket is the old bucket topped up to B); the
 //     remainder (< B elements, at the end where the next range will be adjacent) stays filling.
 //   - finish() feeds every gap that was never marked through the same rule, highest offset first,
-//     then launches what is left and waits for every bucket with the communicator's timeout.
+//     then launches what is left and waits for every bucket with the communicator's timeout (or,
+//     with a consumer stream and a device communicator, orders that stream after them and leaves
+//     them in flight until the next begin_step() or wait_all()).
 // With overlap off mark_ready plans the same buckets but only finish() starts them.
 #include "comm/grad_reducer.h"
 
@@ -36,6 +38,7 @@ void GradReducer::begin_step() {
   LORA_CHECK(pending_.empty() && queued_.empty(), "begin_step() while ",
              pending_.size() + queued_.size(),
              " gradient all-reduces of the previous step are unfinished: call finish() first");
+  wait_all();
   marked_.clear();
   filling_ = {0, 0};
   n_buckets_ = 0;
@@ -134,13 +137,25 @@ void GradReducer::finish() {
                                               ReduceOp::kSum));
   }
   queued_.clear();
-  for (auto& work : pending_) comm_.wait(*work);
+  if (consumer_ != nullptr && comm_.order_before(consumer_)) {
+    for (auto& work : pending_) {
+      work->test();  // never blocks; throws on an error the communicator already knows of
+      in_flight_.push_back(std::move(work));
+    }
+  } else {
+    for (auto& work : pending_) comm_.wait(*work);
+  }
   pending_.clear();
 
   n_buckets_last_step_ = n_buckets_;
   n_buckets_ = 0;
   marked_.clear();
   in_step_ = false;
+}
+
+void GradReducer::wait_all() {
+  for (auto& work : in_flight_) comm_.wait(*work);
+  in_flight_.clear();
 }
 
 }  // namespace lora::comm

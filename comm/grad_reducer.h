@@ -14,6 +14,15 @@
 // caller that never marks anything still gets the full reduction. Bucket boundaries depend only on
 // the marked ranges, their order and bucket_elems (the same on every rank), and are the same with
 // overlap on or off; comm/grad_reducer.cpp states the rule.
+//
+// Device buffers: with set_consumer_stream(stream) and a communicator that orders device streams
+// (NCCL, Communicator::order_before), finish() does not block the host: `stream` (the one the
+// optimizer runs on) waits for the reductions on the device, and the collectives stay in flight.
+// They are tested without blocking right away (errors already known surface there), waited with
+// the communicator's timeout by the next begin_step() (so at most one step's reductions are ever
+// in flight) and by wait_all(), which a caller runs before it reads anything the consumer stream
+// computes: a stalled or failed peer then ends in lora::Error instead of a host wait that never
+// returns.
 #pragma once
 
 #include <cstddef>
@@ -35,6 +44,10 @@ class GradReducer {
   void begin_step();
   void mark_ready(size_t offset, size_t count);
   void finish();
+  // See the file comment. Null: finish() waits on the host (the default).
+  void set_consumer_stream(CUstream_st* stream) { consumer_ = stream; }
+  // Waits for every collective still in flight (device ordering only; otherwise nothing is).
+  void wait_all();
 
   size_t n_buckets_last_step() const { return n_buckets_last_step_; }
 
@@ -50,6 +63,8 @@ class GradReducer {
   void flush_filling();        // launches the bucket being filled, if any
 
   std::vector<std::unique_ptr<Work>> pending_;  // all-reduces started, not yet waited
+  std::vector<std::unique_ptr<Work>> in_flight_;  // device-ordered by finish(), not yet waited
+  CUstream_st* consumer_ = nullptr;
   std::vector<Range> queued_;    // overlap off: buckets planned by mark_ready, started by finish()
   std::map<size_t, size_t> marked_;  // begin -> end of every range marked this step
   Range filling_{0, 0};          // the bucket being filled (one contiguous interval)

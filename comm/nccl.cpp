@@ -30,6 +30,9 @@ struct NcclCommunicator::State {
   std::string host;
   bool aborted = false;
   int32_t* barrier_value = nullptr;  // one int32 in device memory
+  cudaStream_t producer = nullptr;   // collectives wait for this stream's work (may be null)
+  cudaEvent_t producer_done = nullptr;  // recorded on `producer` before each collective
+  cudaEvent_t comm_done = nullptr;      // recorded on `stream` by order_before
   std::chrono::milliseconds finalize_timeout{std::chrono::minutes(1)};
 
   std::string where() const { return detail::concat("rank ", rank, " of ", size, " (host ", host, ")"); }
@@ -60,6 +63,8 @@ struct NcclCommunicator::State {
       }
     }
     if (barrier_value != nullptr) cudaFree(barrier_value);
+    if (producer_done != nullptr) cudaEventDestroy(producer_done);
+    if (comm_done != nullptr) cudaEventDestroy(comm_done);
   }
 };
 
@@ -205,6 +210,18 @@ class NcclWork final : public Work {
   bool done_ = false;
 };
 
+// Orders the communication stream after the producer stream's work so far (no host wait). An
+// event re-recorded for every collective is safe: cudaStreamWaitEvent waits for the record that
+// precedes it.
+void wait_for_producer(State& s, const std::string& what) {
+  if (s.producer == nullptr) return;
+  cudaError_t e = cudaEventRecord(s.producer_done, s.producer);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(s.stream, s.producer_done, 0);
+  if (e != cudaSuccess) {
+    fail(s, what, detail::concat("ordering after the producer stream: ", cudaGetErrorName(e)));
+  }
+}
+
 // Records an event on the communication stream after the enqueued collective.
 std::unique_ptr<NcclWork> track(const std::shared_ptr<State>& state, std::string what) {
   cudaEvent_t event = nullptr;
@@ -287,6 +304,7 @@ std::unique_ptr<Work> NcclCommunicator::all_reduce_async(void* data, size_t coun
   // Every rank passes the same count (the communicator's contract), so every rank skips NCCL.
   if (count == 0) return std::make_unique<DoneWork>();
   std::string what = detail::concat("all-reduce of ", count, " ", dtype_name(type));
+  wait_for_producer(s, what);
   check_enqueue(s, ncclAllReduce(data, data, count, nccl_type(type), nccl_op(op), s.comm, s.stream),
                 timeout(), what);
   return track(state_, std::move(what));
@@ -300,6 +318,7 @@ void NcclCommunicator::broadcast(void* data, size_t count, DType type, int root)
   check_usable(s, "broadcast");
   if (count == 0) return;
   std::string what = detail::concat("broadcast of ", count, " ", dtype_name(type), " from root ", root);
+  wait_for_producer(s, what);
   check_enqueue(s, ncclBroadcast(data, data, count, nccl_type(type), root, s.comm, s.stream),
                 timeout(), what);
   auto work = track(state_, std::move(what));
@@ -338,6 +357,30 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
   auto result = std::unique_ptr<NcclCommunicator>(new NcclCommunicator(std::move(child), bootstrap_));
   result->set_timeout(timeout());
   return result;
+}
+
+void NcclCommunicator::set_producer_stream(cudaStream_t producer) {
+  State& s = *state_;
+  check_usable(s, "set_producer_stream");
+  if (producer != nullptr && s.producer_done == nullptr) {
+    LORA_CUDA_CHECK(cudaEventCreateWithFlags(&s.producer_done, cudaEventDisableTiming));
+  }
+  s.producer = producer;
+}
+
+bool NcclCommunicator::order_before(CUstream_st* consumer) {
+  LORA_CHECK(consumer != nullptr, "order_before needs a stream");
+  State& s = *state_;
+  check_usable(s, "order_before");
+  if (s.comm_done == nullptr) {
+    LORA_CUDA_CHECK(cudaEventCreateWithFlags(&s.comm_done, cudaEventDisableTiming));
+  }
+  cudaError_t e = cudaEventRecord(s.comm_done, s.stream);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(consumer, s.comm_done, 0);
+  if (e != cudaSuccess) {
+    fail(s, "order_before", detail::concat("ordering the consumer stream: ", cudaGetErrorName(e)));
+  }
+  return true;
 }
 
 void NcclCommunicator::abort(int exit_code) {

@@ -16,6 +16,12 @@
 // kAverage uses ncclAvg (float32/float64 only, as the MPI backend). broadcast() and barrier()
 // block the calling thread until done (barrier is an all-reduce of one int32). After an abort
 // every further call throws.
+//
+// Streams: with set_producer_stream(compute), every collective is ordered after the work enqueued
+// on `compute` when it is called (an event recorded there, cudaStreamWaitEvent on the
+// communication stream: the host never waits for it), so a reducer may start an all-reduce of
+// gradients whose kernels are still running. order_before(consumer) is the other direction: the
+// consumer stream (the optimizer's) waits on the device for every collective enqueued so far.
 #pragma once
 
 #ifdef LORA_WITH_NCCL
@@ -53,6 +59,9 @@ class NcclCommunicator final : public Communicator {
   // ncclCommSplit; color must be >= 0. The new communicator shares this one's stream, timeout
   // and bootstrap.
   std::unique_ptr<Communicator> split(int color, int key) override;
+  // Orders later collectives after the work enqueued on `producer` at their call (null: none).
+  void set_producer_stream(cudaStream_t producer);
+  bool order_before(CUstream_st* consumer) override;
   // Aborts the NCCL communicator, then ends the job through the bootstrap's abort().
   [[noreturn]] void abort(int exit_code) override;
 

@@ -84,6 +84,14 @@ class CublasHandles {
     if (handles_[device] == nullptr) {
       cublasHandle_t h = nullptr;
       LORA_CUBLAS_CHECK(cublasCreate(&h));
+      // fp32 products computed in fp32: pedantic math rules out TF32 tensor cores, emulated
+      // single precision and reduced-precision reductions, whatever the environment asks for
+      // (the CUDA model must match the CPU model to 1e-4 relative).
+      const cublasStatus_t mode = cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH);
+      if (mode != CUBLAS_STATUS_SUCCESS) {
+        cublasDestroy(h);
+        throw_cublas_error(mode, "cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH)", __FILE__, __LINE__);
+      }
       handles_[device] = h;
     }
     return handles_[device];

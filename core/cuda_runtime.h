@@ -100,8 +100,9 @@ int current_device();
 int select_device(int local_rank);
 std::string device_name(int device);
 
-// The calling thread's cuBLAS handle for the current device, created on first use, bound to
-// `stream` before it is returned. Handles live until the thread ends.
+// The calling thread's cuBLAS handle for the current device, created on first use (math mode
+// CUBLAS_PEDANTIC_MATH: fp32 products in fp32, never TF32), bound to `stream` before it is
+// returned. Handles live until the thread ends.
 cublasHandle_t cublas_handle(cudaStream_t stream);
 
 // Row-major SGEMM on `stream` (see the file comment). op_a/op_b are CUBLAS_OP_N or CUBLAS_OP_T.

@@ -71,6 +71,7 @@ int run_train(World& world, const TrainArgs& args) {
   const Config cfg = load_config(args.config, args.overrides);
   comm::Communicator& comm =
       world.communicator(cfg.comm.backend, World::timeout_of(cfg.comm.timeout_s));
+  world.select_device(cfg);
   TrainOptions opts;
   if (args.resume == "auto") {
     opts.resume = ResumeMode::kAuto;
@@ -115,6 +116,7 @@ int run_eval(World& world, const EvalArgs& args) {
                    args.max_windows);
   comm::Communicator& comm =
       world.communicator(cfg.comm.backend, World::timeout_of(cfg.comm.timeout_s));
+  world.select_device(cfg);
   std::string what;
   auto model = model_for_inference(cfg, args.adapter, &what);
   const TokenStream val = load_token_stream(cfg, cfg.data.val, &comm);
@@ -148,7 +150,8 @@ int run_export(const std::string& checkpoint, const std::string& out_dir) {
 int run_merge(const MergeArgs& args) {
   LORA_INPUT_CHECK(!args.adapter.empty(), "lora merge: --adapter CKPT.h5|PEFT_DIR is required");
   LORA_INPUT_CHECK(!args.out.empty(), "lora merge: --out MODEL_DIR is required");
-  const Config cfg = load_config(args.config, args.overrides);
+  Config cfg = load_config(args.config, args.overrides);
+  cfg.device.backend = DeviceBackend::kCpu;  // merging folds host weights: always on the CPU
   LORA_INPUT_CHECK(cfg.train.mode == TrainMode::kLora, args.config,
                    ": train.mode: full; lora merge folds LoRA adapters into the base (expected lora)");
   namespace fs = std::filesystem;
@@ -187,6 +190,7 @@ int run_generate(World& world, const GenerateArgs& args) {
   LORA_INPUT_CHECK(args.tokens >= 0, "--tokens: expected a non-negative integer, got ", args.tokens);
   LORA_INPUT_CHECK(args.temperature >= 0.0f, "--temperature: expected >= 0, got ", args.temperature);
   if (world.rank() != 0) return 0;  // generation is a single-process job
+  world.select_device(cfg);
   auto model = model_for_inference(cfg, args.adapter, nullptr);
   const int V = cfg.model.spec.vocab_size, max_t = cfg.model.spec.max_seq_len;
   // With a tokenizer the prompt is tokenized (BOS first when the tokenizer adds one) and the

@@ -11,7 +11,9 @@
 #include <thread>
 
 #include "comm/mpi.h"
+#include "core/cuda_runtime.h"
 #include "core/error.h"
+#include "trainer/device.h"
 
 namespace lora {
 
@@ -114,12 +116,24 @@ comm::Communicator& World::communicator(CommBackend backend, std::chrono::millis
       impl_->comm = std::make_unique<comm::MpiCommunicator>(timeout);
       break;
     case CommBackend::kNccl:
-      throw InputError(
-          "comm.backend: nccl needs the CUDA backend (device.backend: cuda), which this build's "
-          "trainer does not drive yet; use auto or mpi");
+      // Control traffic; the trainer puts the gradients on NCCL over this communicator.
+      if (env_.world_size > 1) impl_->comm = std::make_unique<comm::MpiCommunicator>(timeout);
+      else impl_->comm = std::make_unique<comm::LocalCommunicator>();
+      break;
   }
   impl_->comm->set_timeout(timeout);
   return *impl_->comm;
+}
+
+int World::select_device(const Config& cfg) const {
+  if (!uses_cuda(cfg)) return -1;
+#ifdef LORA_WITH_CUDA
+  const int device = pick_local_device(env_, cuda::device_count());
+  cuda::set_device(device);
+  return device;
+#else
+  return -1;  // uses_cuda() is false in a build without the CUDA backend
+#endif
 }
 
 void World::abort(int exit_code) {

@@ -1,6 +1,9 @@
 // The process's place in the job: detects how it was launched (mpirun, srun or a plain process),
 // starts MPI when there is more than one rank, and hands out the communicator the config asks for
-// (comm.backend: auto picks MPI when the world has more than one rank, local otherwise).
+// (comm.backend: auto picks MPI when the world has more than one rank, local otherwise). With
+// comm.backend nccl this is the control communicator (MPI, or local for one process); the trainer
+// builds the NCCL gradient communicator on top of it (trainer/device.h). Also picks this rank's
+// GPU when the config computes on CUDA.
 //
 // A rank never outlives its launcher: in a multi-rank job a watch thread checks the parent process
 // (mpirun, Open MPI's orted, Slurm's slurmstepd) twice a second, and when the parent is gone (the
@@ -35,13 +38,18 @@ class World {
 
   // The world communicator for the configured backend; timeout bounds its start-up collectives
   // and becomes its timeout(). Throws lora::InputError when the backend cannot serve this job
-  // (local with several ranks, nccl without CUDA).
+  // (local with several ranks).
   comm::Communicator& communicator(CommBackend backend,
                                    std::chrono::milliseconds timeout = std::chrono::minutes(5));
   // comm.timeout_s as the communicator's timeout.
   static std::chrono::milliseconds timeout_of(double timeout_s);
 
   static constexpr int kAbortGraceSeconds = 10;
+
+  // When cfg computes on CUDA (trainer/device.h uses_cuda), makes this rank's GPU current: the
+  // device of its node-local rank (pick_local_device). Returns that device, or -1 on the CPU.
+  // Call at start-up, before the model is built.
+  int select_device(const Config& cfg) const;
 
   // Ends every rank of the job with this exit code.
   [[noreturn]] void abort(int exit_code);

@@ -22,6 +22,7 @@
 #include "core/model/transformer.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "trainer/device.h"
 #include "trainer/lr_schedule.h"
 
 namespace fs = std::filesystem;
@@ -93,12 +94,8 @@ int configure_threads(int threads) {
 }
 
 std::unique_ptr<Model> build_model(const Config& cfg) {
-  // The CUDA ops and GPT-2 model exist (core/ops/*.cu, core/model/gpt2_cuda.h) but the training
-  // loop drives the CPU backend only.
-  LORA_INPUT_CHECK(cfg.device.backend != DeviceBackend::kCuda, cfg.source_path,
-                   ": device.backend: cuda is not available in the trainer yet (expected auto or cpu)");
   LORA_INPUT_CHECK(cfg.model.dtype == "fp32", cfg.source_path, ": model.dtype: ", cfg.model.dtype,
-                   " needs the CUDA backend; the CPU backend computes in fp32 (expected fp32)");
+                   " is not implemented yet: both backends compute in fp32 (expected fp32)");
   std::optional<LoraSpec> lora;
   if (cfg.train.mode == TrainMode::kLora) lora = cfg.lora;
   auto model = std::make_unique<TransformerModel>(cfg.model.spec, cfg.train.mode, lora);
@@ -112,7 +109,8 @@ std::unique_ptr<Model> build_model(const Config& cfg) {
   }
   model->refresh_fingerprint();
   model->init_lora(hash_u64(cfg.run.seed, kLoraInitStream));
-  return model;
+  // Weights are read and initialised on the host once; a CUDA run uploads them (trainer/device.h).
+  return place_model(std::move(model), cfg);
 }
 
 std::unique_ptr<Model> build_model_with_adapter(const Config& cfg, const Adapter& adapter,
@@ -425,7 +423,8 @@ void print_startup(std::ostream& out, const Config& cfg, const comm::Communicato
   const long global_batch = cfg.global_batch(comm.size());
   char line[256];
   out << "lora: " << cfg.run.name << " | " << train_mode_name(cfg.train.mode) << " | world "
-      << comm.size() << " x " << threads << " threads | comm " << comm.name() << "\n";
+      << comm.size() << " x " << threads << " threads | device " << describe_device(model)
+      << " | comm " << comm.name() << "\n";
   out << "lora: model " << describe_spec(cfg.model.spec)
       << (cfg.model.path.empty() ? std::string() : " | from " + cfg.model.path) << "\n";
   std::snprintf(line, sizeof line, "lora: params trainable %s of %s (%.3f%%)",
@@ -570,8 +569,12 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
     rank_log.open(fs::path(cfg.run.output_dir) / ("rank-" + std::to_string(rank) + ".log"),
                   std::ios::app);
 
+  // The gradients travel on their own communicator (NCCL for device buffers; the control
+  // communicator itself on the CPU); everything else stays on `comm`.
+  const std::unique_ptr<GradientComm> grad_comm = make_gradient_comm(cfg, comm, *model);
+  comm::Communicator& gcomm = grad_comm->comm();
   const uint64_t grad_bytes = model->n_trainable() * sizeof(float);
-  if (lead) print_startup(out, cfg, comm, *model, threads, train_data.size());
+  if (lead) print_startup(out, cfg, gcomm, *model, threads, train_data.size());
   if (lead && init && !rs.has)
     out << "lora: adapters start from " << init->path
         << (init->peft ? " (PEFT adapter)"
@@ -580,8 +583,9 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
 
   const size_t bucket_elems = std::max<size_t>(
       1, static_cast<size_t>(cfg.comm.bucket_mb * 1024.0 * 1024.0 / sizeof(float)));
-  comm::GradReducer reducer(comm, std::span<float>(model->trainable_grads(), model->n_trainable()),
+  comm::GradReducer reducer(gcomm, std::span<float>(model->trainable_grads(), model->n_trainable()),
                             bucket_elems, cfg.comm.overlap);
+  grad_comm->attach(reducer);
   const GradReadyFn ready = [&](size_t offset, size_t count) { reducer.mark_ready(offset, count); };
 
   // The micro-batches of one step: accum x [m, T].
@@ -644,6 +648,25 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
   double window_comm_wait = 0.0;
   uint64_t window_comm_bytes = 0;
   double last_loss = std::numeric_limits<double>::quiet_NaN();
+  long loss_read_step = -1;    // the last step whose loss was read and checked
+  double step_targets = 0.0;   // unmasked targets of the last step's global batch
+  // The loss of the step just done over the global batch, read only on the steps that report or
+  // save it (on a GPU the read waits for the device). The gradient all-reduces are waited first,
+  // with the timeout, so that a stalled peer ends the job instead of a device wait that never
+  // returns. Collective over `comm`.
+  auto read_step_loss = [&](long done) {
+    reducer.wait_all();
+    double loss_sum = model->loss_sum();  // this rank's, over its unmasked targets
+    // Bookkeeping, not part of the gradient traffic.
+    if (world > 1) comm.all_reduce(std::span<double>(&loss_sum, 1), comm::ReduceOp::kSum);
+    const double loss = step_targets > 0 ? loss_sum / step_targets : 0.0;
+    last_loss = loss;
+    loss_read_step = done;
+    if (!std::isfinite(loss))
+      throw Error("training diverged: loss is " + std::to_string(loss) + " at step " +
+                  std::to_string(done) + " (lower train.lr or set train.grad_clip)");
+    return loss;
+  };
 
   for (; step < cfg.train.steps; ++step) {
     // All ranks agree whether to stop before starting a step (a signal may reach only some).
@@ -655,10 +678,11 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
         break;
       }
     }
-    const double wait_before = comm.stats().wait_seconds;
-    const uint64_t bytes_before = comm.stats().all_reduce_bytes;
+    const double wait_before = gcomm.stats().wait_seconds;
+    const uint64_t bytes_before = gcomm.stats().all_reduce_bytes;
     lr = lr_at(step, cfg.train);
     model->zero_grads();
+    model->clear_loss_sum();
     // The step's loss is the sum over the unmasked targets of the whole global batch (every rank,
     // every micro-step) divided by their number, so N ranks equal 1 rank and accumulation changes
     // nothing: draw every micro-batch first and count them.
@@ -674,7 +698,6 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
       global_targets = local_targets;
       comm.all_reduce(std::span<double>(&global_targets, 1), comm::ReduceOp::kSum);
     }
-    double loss_sum = 0.0;  // this rank's sum of losses over its unmasked targets
     for (int k = 0; k < accum; ++k) {
       const size_t at = static_cast<size_t>(k) * m * T;
       ForwardOptions fo;
@@ -682,9 +705,9 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
       fo.dropout_seed = dropout_seed;
       fo.step = static_cast<uint64_t>(step);
       fo.seq_ids = seq_ids.data() + static_cast<size_t>(k) * m;
-      const float mean = model->forward(tokens.data() + at, targets.data() + at, m, T, fo);
+      fo.defer_loss = true;  // read once per logged step (model->loss_sum())
+      model->forward(tokens.data() + at, targets.data() + at, m, T, fo);
       const double n_k = static_cast<double>(model->n_targets());
-      loss_sum += static_cast<double>(mean) * n_k;
       const bool last = k == accum - 1;
       if (last) reducer.begin_step();
       // d(sum_k / N) = (n_k / N) d(mean_k)
@@ -693,25 +716,24 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
       model->backward(loss_scale, last ? ready : nullptr);
     }
     reducer.finish();
-    const uint64_t step_grad_bytes = comm.stats().all_reduce_bytes - bytes_before;
-    // Loss of the step over the global batch (bookkeeping, not part of the gradient traffic).
-    if (world > 1) comm.all_reduce(std::span<double>(&loss_sum, 1), comm::ReduceOp::kSum);
-    const double loss = global_targets > 0 ? loss_sum / global_targets : 0.0;
+    const uint64_t step_grad_bytes = gcomm.stats().all_reduce_bytes - bytes_before;
+    step_targets = global_targets;
     tokens_trained += static_cast<uint64_t>(global_targets);
     optimizer->step(lr, cfg.train.grad_clip);
     tokens_seen += tokens_per_step;
-    last_loss = loss;
     ++window_steps;
-    window_comm_wait += comm.stats().wait_seconds - wait_before;
-    window_comm_bytes += step_grad_bytes;
-    if (!std::isfinite(loss))
-      throw Error("training diverged: loss is " + std::to_string(loss) + " at step " +
-                  std::to_string(step + 1) + " (lower train.lr or set train.grad_clip)");
 
     const long done = step + 1;
     const bool is_last = done == cfg.train.steps;
     const bool do_eval = !val_data.tokens().empty() &&
                          ((cfg.train.eval_every > 0 && done % cfg.train.eval_every == 0) || is_last);
+    const bool do_log = done % cfg.train.log_every == 0 || is_last || do_eval;
+    const bool do_checkpoint =
+        cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0 && !is_last;
+    const double loss = do_log || do_checkpoint ? read_step_loss(done)
+                                                : std::numeric_limits<double>::quiet_NaN();
+    window_comm_wait += gcomm.stats().wait_seconds - wait_before;
+    window_comm_bytes += step_grad_bytes;
     double val_loss = std::numeric_limits<double>::quiet_NaN();
     if (do_eval) {
       val_loss = evaluate(*model, val_data, cfg, comm);
@@ -721,7 +743,6 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
         summary.best_val_step = done;
       }
     }
-    const bool do_log = done % cfg.train.log_every == 0 || is_last || do_eval;
     const float grad_norm = do_log ? optimizer->last_grad_norm() : 0.0f;
     if (do_log) {
       const double dt = seconds_since(t_window);
@@ -756,11 +777,15 @@ TrainSummary train(const Config& given_cfg, comm::Communicator& comm, const Trai
       window_comm_wait = 0.0;
       window_comm_bytes = 0;
     }
-    if (cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0 && !is_last) {
+    if (do_checkpoint) {
       save_checkpoint(done);
       last_checkpoint_step = done;
     }
   }
+  // A stop signal may end the loop after a step whose loss was not read: check it before the
+  // checkpoint below saves that state.
+  if (step > summary.start_step && loss_read_step != step) read_step_loss(step);
+  reducer.wait_all();  // nothing in flight past the loop
   summary.steps_done = step;
   summary.tokens_trained = tokens_trained;
   summary.final_train_loss = last_loss;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the GPU device kit: a Release CUDA build for Hopper (sm_90) in build-gpu/, and one
 # git-ignored folder gpu-kit/ with what a GPU machine lacks to run our binaries there:
-#   - our binaries, stripped: lora, the CUDA test executables (ops, GPT-2 model, NCCL at 1 rank,
-#     NCCL and plain MPI under mpirun) and the benchmarks;
+#   - our binaries, stripped: lora, the CUDA test executables (ops, the model of every family,
+#     NCCL at 1 rank, NCCL and plain MPI under mpirun, lora train/eval/generate on the GPU against
+#     the CPU) and the benchmarks;
 #   - the shared libraries they load from our Debian packages (yaml-cpp, HDF5 and what it pulls
 #     in, OpenBLAS, OpenMP, Open MPI, PMIx, hwloc, libevent, ...), found with ldd;
 #   - Open MPI's mpirun, its plugins (without the InfiniBand/UCX/OFI/PSM ones, whose libraries a
@@ -42,7 +43,8 @@ grep -q 'lora: CUDA backend ON' "$build/pack-configure.log" || die "the build ha
 nccl_lib=$(sed -n 's/^LORA_NCCL_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt")
 [[ -n $nccl_lib && $nccl_lib != *NOTFOUND* ]] || die "libnccl not found at configure time"
 
-tests=(core_test_cuda_ops core_test_gpt2_cuda comm_test_nccl comm_mpi_test_nccl comm_mpi_test_comm)
+tests=(core_test_cuda_ops core_test_transformer_cuda comm_test_nccl comm_mpi_test_nccl comm_mpi_test_comm
+  launch_test_cuda_train trainer_test_device)
 benches=(bench_gpt2_cuda bench_train)
 targets=(lora "${tests[@]}" "${benches[@]}")
 echo "pack.sh: building ${targets[*]} with -j$jobs"

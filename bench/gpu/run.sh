@@ -8,20 +8,25 @@
 #   bench.jsonl   the benchmarks' JSON lines
 #   logs.tar.gz   every stage's log and GoogleTest XML report
 # Stages, in order of importance (each with its own time limit, all within LORA_KIT_BUDGET_S,
-# default 420 s; a stage that no longer fits is reported as not run):
+# default 480 s; a stage that no longer fits is reported as not run):
 #   libs         every kit binary resolves every shared library (kit, CUDA toolkit, nvidia wheels)
 #   nvidia_smi   the GPU and driver answer
 #   cuda_ops     the CUDA ops against the CPU ops          (LORA_REQUIRE_CUDA=1: a skip is a failure)
-#   cuda_model   the CUDA GPT-2 model against the CPU model (idem)
+#   cuda_model   the CUDA model of every family against the CPU model (idem)
+#   device_choice  device.backend auto/cuda and the gradient communicator's choice (idem)
 #   nccl_1rank   NCCL at world size 1                       (idem)
 #   mpi_2ranks   plain MPI, 2 ranks under the kit's mpirun (CPU only: checks the launcher itself)
 #   nccl_2ranks  NCCL, 2 ranks sharing the GPU, bootstrapped through MPI
-#   memcheck_ops, memcheck_training  compute-sanitizer memcheck of the small op tests and of 50
-#                AdamW training steps of the CUDA model
 #   train_cpu    lora train/inspect end to end on the CPU (the binary, HDF5, YAML on this machine)
-#   train_cuda   lora train with device.backend: cuda ("not_implemented" while the trainer
-#                refuses the CUDA backend)
+#   train_cuda   the same with device.backend: cuda
+#   train_e2e    lora train/eval/generate on the GPU against the CPU through the binary: losses,
+#                checkpoints resumed across backends, 2 ranks over NCCL equal 1 rank
+#                (launch_test_cuda_train)
+#   memcheck_ops, memcheck_model, memcheck_train  compute-sanitizer memcheck of the small op
+#                tests, of 50 device-optimizer steps of the CUDA model (GPT-2, Llama GQA), and of
+#                a short `lora train` on the GPU
 #   bench_lora, bench_full  bench_gpt2_cuda: GPT-2 124M, seq 1024, batch 4, LoRA and full mode
+#   bench_cpu    bench_train: a GPT-2 124M LoRA step (seq 1024, batch 1) on this machine's CPU
 # Exit status 0 when no stage failed, timed out or was left out; 1 otherwise.
 #
 # Environment: OUT (results folder; default ./gpu-out), LORA_KIT_DIR (default <repo>/gpu-kit),
@@ -35,7 +40,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$repo/gpu-out}
 kit_dir=${LORA_KIT_DIR:-$repo/gpu-kit}
 work=${LORA_KIT_WORK:-/tmp/lora-gpu-kit}
-budget=${LORA_KIT_BUDGET_S:-420}
+budget=${LORA_KIT_BUDGET_S:-480}
 only=${LORA_KIT_STAGES:-}
 t0=$(date +%s)
 
@@ -217,10 +222,21 @@ check_memcheck() {
   fi
 }
 
+check_memcheck_train() {
+  local errors
+  errors=$(sed -n 's/^========= ERROR SUMMARY: \([0-9]*\) error.*/\1/p' "$1" | tail -1)
+  if (($2 == 0)) && [[ $errors == 0 ]]; then
+    echo "pass|lora train on cuda under compute-sanitizer memcheck: 0 errors"
+  else
+    local first
+    first=$(grep -m1 -E '^========= (Invalid|Program hit|Error|.*error)' "$1" | cut -c1-200)
+    echo "fail|exit $2; compute-sanitizer errors: ${errors:-no summary}; ${first:-$(last_lines "$1" 2)}"
+  fi
+}
+
 check_train_cuda() {
-  if (($2 == 0)); then echo "pass|lora train on device.backend cuda finished"; return; fi
-  if grep -q 'device.backend: cuda is not available in the trainer yet' "$1"; then
-    echo "not_implemented|the trainer refuses device.backend: cuda (exit $2)"
+  if (($2 == 0)); then
+    echo "pass|lora train on device.backend cuda: $(grep -m1 '^lora: done' "$1" | cut -c1-120)"
   else
     echo "fail|exit $2: $(last_lines "$1" 2)"
   fi
@@ -353,8 +369,9 @@ export PMIX_PREFIX=$K/pmix PMIX_EXEC_PREFIX=$K/pmix PMIX_LIBDIR=$K/lib \
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_plm=isolated \
   OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo \
   OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_hwloc_base_binding_policy=none
-mpirun2=("$mpirun_cmd" -np 2 -x LD_LIBRARY_PATH -x LORA_REQUIRE_CUDA -x OMP_NUM_THREADS
+mpirun_x=("$mpirun_cmd" -x LD_LIBRARY_PATH -x LORA_REQUIRE_CUDA -x OMP_NUM_THREADS
   -x OPENBLAS_NUM_THREADS)
+mpirun2=("${mpirun_x[@]}" -np 2)
 export LORA_REQUIRE_CUDA=1 OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4
 gtest_args=(--gtest_color=no)
 
@@ -372,7 +389,7 @@ nvsmi=$(command -v nvidia-smi 2>/dev/null)
     echo "nvidia-smi: not found"
   fi
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "host: $(uname -srm); $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME"); $(nproc) CPUs; $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) memory"
+  echo "host: $(uname -srm); $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME"); $(getconf _NPROCESSORS_ONLN) CPUs; $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) memory"
   echo "glibc: ${glibc_have:-unknown} here, $glibc_needed needed by the kit; $([[ -n $loader ]] && echo "running through the kit's own loader" || echo "the machine's glibc is used")"
   echo "libstdc++/libgcc_s from the kit's compat folder: $compat"
   echo "libraries found outside the kit: ${lib_dirs_searched[*]:-none}"
@@ -406,8 +423,9 @@ stage_libs() {  # every kit binary resolves every library; prints what each reso
   echo "== libcuda.so.1: $(ldconfig -p 2>/dev/null | grep -m1 'libcuda\.so\.1 ' || echo 'not in the ld cache')"
   return $bad
 }
-stage_train() {  # BACKEND: a tiny lora train on the repository's README, then inspect the checkpoint
-  local backend=$1 dir=$work/train_$1
+stage_train() {  # BACKEND [RUNNER...]: a tiny lora train on the repository's README, then inspect
+  local backend=$1 dir=$work/train_$1${2:+_checked}
+  shift
   mkdir -p "$dir"
   cat >"$dir/config.yaml" <<EOF
 run: {name: kit-$backend, output_dir: $dir/run, seed: 3}
@@ -418,7 +436,7 @@ train: {micro_batch: 4, steps: 20, lr: 1.0e-3, log_every: 5}
 device: {backend: $backend, threads: 2}
 checkpoint: {keep: 1}
 EOF
-  env LD_LIBRARY_PATH="$kit_ld" "$(kx lora)" train "$dir/config.yaml" || return $?
+  env LD_LIBRARY_PATH="$kit_ld" "$@" "$(kx lora)" train "$dir/config.yaml" || return $?
   test -s "$dir/run/metrics.jsonl" || { echo "no metrics.jsonl"; return 1; }
   local ckpt
   ckpt=$(ls "$dir"/run/checkpoints/ckpt-*.h5 2>/dev/null | tail -1)
@@ -426,7 +444,7 @@ EOF
   env LD_LIBRARY_PATH="$kit_ld" "$(kx lora)" inspect "$ckpt"
 }
 export -f stage_libs stage_train kx
-export K work repo loader kit_ld kit_bins_str="${kit_bins[*]}"
+export K work repo loader kit_ld kit_bins_str="${kit_bins[*]}" sanitizer
 
 ops_small='CudaOps.Embedding:CudaOps.LayerNorm:CudaOps.Matmul:CudaOps.LmHead:CudaOps.AttentionSmall:CudaOps.AttentionLongRows:CudaOps.Gelu:CudaOps.Residual:CudaOps.CrossEntropy:CudaOps.DropoutMasksEqualCpu:CudaOps.Lora:CudaOps.AdamWSumSquaresScale'
 
@@ -438,25 +456,37 @@ else
 fi
 run_stage cuda_ops 150 check_gtest -- "${kenv[@]}" "$(kx core_test_cuda_ops)" "${gtest_args[@]}" \
   --gtest_output=xml:"$logs/cuda_ops.xml"
-run_stage cuda_model 120 check_gtest -- "${kenv[@]}" "$(kx core_test_gpt2_cuda)" "${gtest_args[@]}" \
+run_stage cuda_model 120 check_gtest -- "${kenv[@]}" "$(kx core_test_transformer_cuda)" "${gtest_args[@]}" \
   --gtest_output=xml:"$logs/cuda_model.xml"
+run_stage device_choice 60 check_gtest -- "${kenv[@]}" "$(kx trainer_test_device)" "${gtest_args[@]}" \
+  --gtest_output=xml:"$logs/device_choice.xml"
 run_stage nccl_1rank 90 check_gtest -- "${kenv[@]}" "$(kx comm_test_nccl)" "${gtest_args[@]}" \
   --gtest_output=xml:"$logs/nccl_1rank.xml"
 run_stage mpi_2ranks 60 check_gtest -- "${kenv[@]}" "${mpirun2[@]}" "$(kx comm_mpi_test_comm)" "${gtest_args[@]}"
 run_stage nccl_2ranks 120 check_gtest -- "${kenv[@]}" "${mpirun2[@]}" "$(kx comm_mpi_test_nccl)" "${gtest_args[@]}"
-if [[ -n $sanitizer ]]; then
-  run_stage memcheck_ops 150 check_memcheck -- "${kenv[@]}" "$sanitizer" --tool memcheck --error-exitcode 99 --print-limit 50 \
-    "$(kx core_test_cuda_ops)" "${gtest_args[@]}" --gtest_filter="$ops_small"
-  run_stage memcheck_training 150 check_memcheck -- "${kenv[@]}" "$sanitizer" --tool memcheck --error-exitcode 99 --print-limit 50 \
-    "$(kx core_test_gpt2_cuda)" "${gtest_args[@]}" --gtest_filter='Gpt2Cuda.FiftyAdamWStepsTrackTheCpuLossCurve'
-else
-  wanted memcheck_ops && record memcheck_ops fail 0 "compute-sanitizer not found" ""
-  wanted memcheck_training && record memcheck_training fail 0 "compute-sanitizer not found" ""
-fi
 run_stage train_cpu 90 check_exit -- bash -c 'stage_train cpu'
 run_stage train_cuda 60 check_train_cuda -- bash -c 'stage_train cuda'
+run_stage train_e2e 180 check_gtest -- "${kenv[@]}" "LORA_TEST_BINARY=$(kx lora)" \
+  "LORA_TEST_MPIRUN=${mpirun_x[*]}" "$(kx launch_test_cuda_train)" "${gtest_args[@]}" \
+  --gtest_output=xml:"$logs/train_e2e.xml"
+if [[ -n $sanitizer ]]; then
+  memcheck=("$sanitizer" --tool memcheck --error-exitcode 99 --print-limit 50)
+  run_stage memcheck_ops 150 check_memcheck -- "${kenv[@]}" "${memcheck[@]}" \
+    "$(kx core_test_cuda_ops)" "${gtest_args[@]}" --gtest_filter="$ops_small"
+  run_stage memcheck_model 150 check_memcheck -- "${kenv[@]}" "${memcheck[@]}" \
+    "$(kx core_test_transformer_cuda)" "${gtest_args[@]}" \
+    --gtest_filter='Families/CudaTransformer.FiftyStepsWithTheDeviceOptimizerTrackTheCpuLossCurve/gpt2:Families/CudaTransformer.FiftyStepsWithTheDeviceOptimizerTrackTheCpuLossCurve/llama_gqa_untied'
+  run_stage memcheck_train 120 check_memcheck_train -- bash -c \
+    'stage_train cuda "$sanitizer" --tool memcheck --error-exitcode 99 --print-limit 50'
+else
+  for s in memcheck_ops memcheck_model memcheck_train; do
+    wanted $s && record $s fail 0 "compute-sanitizer not found" ""
+  done
+fi
 run_stage bench_lora 120 check_bench -- "${kenv[@]}" "$(kx bench_gpt2_cuda)" --mode lora --steps 10 --warmup 3
 run_stage bench_full 120 check_bench -- "${kenv[@]}" "$(kx bench_gpt2_cuda)" --mode full --steps 5 --warmup 2
+run_stage bench_cpu 150 check_bench -- "${kenv[@]}" "$(kx bench_train)" --layers 12 --d-model 768 \
+  --heads 12 --vocab 50257 --seq 1024 --batch 1 --threads "$(getconf _NPROCESSORS_ONLN)" --steps 1 --warmup 1
 
 # ---- wrap up ----
 tar -C "$work" -czf "$out/logs.tar.gz" logs 2>/dev/null

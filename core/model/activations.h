@@ -1,6 +1,6 @@
 // The activation and gradient scratch buffers of one transformer forward/backward pass, and their
 // sizes, shared by the CPU model (core/model/transformer.cpp, Buf = std::vector<float>) and the
-// GPU model (core/model/gpt2_cuda.cpp, Buf = cuda::DeviceBuffer<float>).
+// GPU model (core/model/transformer_cuda.cpp, Buf = cuda::DeviceBuffer<float>).
 // Shapes (BT = n_batch * n_seq, C = d_model, V = vocab, NH = n_head, QKV = (NH + 2 NKV) head_dim,
 // Q = NH head_dim, F = d_ff, M = F (GELU) or 2F (SwiGLU's gate|up), r = LoRA rank):
 //   per block: the two norm outputs [BT, C] with mean (LayerNorm only) and rstd [BT], qkv [BT, QKV]

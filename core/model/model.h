@@ -11,13 +11,28 @@
 //  - forward(tokens, targets) runs the model on n_batch sequences of n_seq tokens; a target < 0
 //    masks its position (no loss, no gradient). It returns the mean loss over the unmasked
 //    positions (0 when there are none or targets is null) and n_targets() tells how many there were.
+//    On a GPU returning the loss means waiting for the device, once per forward. A caller that
+//    needs the loss only now and then sets ForwardOptions::defer_loss and reads loss_sum() when
+//    it needs it: every forward with targets adds (its mean loss) x (its unmasked targets) to that
+//    sum, in double, whether deferred or not, until clear_loss_sum(). The CPU model computes and
+//    returns the loss either way, and its loss_sum() is exactly the double sum of
+//    double(forward's return) * n_targets() in call order.
 //  - backward(loss_scale, ready) accumulates (+=) into the trainable gradients the gradient of
 //    loss_scale * (that mean loss), and calls ready(offset, count) for each range of the trainable
 //    buffer as soon as it is final (last block first), so a gradient reducer can start
-//    communicating while earlier blocks are still being differentiated.
-//  - make_optimizer() gives AdamW with clipping over the trainable buffer, on the same device.
+//    communicating while earlier blocks are still being differentiated. On a GPU "final" means
+//    that the kernels writing the range have been enqueued on the model's compute stream and an
+//    event recorded after them; they may still be running. A consumer on another stream must order
+//    itself after that point on the device (cudaStreamWaitEvent on an event recorded on the
+//    compute stream, as the NCCL communicator does when given the model's stream), never read the
+//    range from the host.
+//  - make_optimizer() gives AdamW with clipping over the trainable buffer, on the same device; its
+//    step reads nothing back to the host (the gradient norm is read only when asked for).
 //  - logits() of the last forward, [n_batch, n_seq, vocab] in host memory, until the next backward
-//    (which reuses the buffer).
+//    (which reuses the buffer). On a GPU the first call after a forward downloads them.
+//  - Host copies (get/set_trainable, get_base, the optimizer's moments) are plain float arrays in
+//    the layouts above on every backend, so a checkpoint written from one backend resumes on
+//    another.
 #pragma once
 
 #include <cstddef>
@@ -39,6 +54,9 @@ struct ForwardOptions {
   uint64_t dropout_seed = 0;  // masks are a function of (dropout_seed, step, seq id, position, module)
   uint64_t step = 0;
   const uint64_t* seq_ids = nullptr;  // [n_batch] global sequence indices; null: 0..n_batch-1
+  // Do not wait for the loss: forward may return NaN (a GPU model does; the CPU model returns the
+  // loss anyway); read it later with Model::loss_sum().
+  bool defer_loss = false;
 };
 
 // Called with [offset, offset + count) of the trainable-gradient buffer once that range is final.
@@ -98,6 +116,10 @@ class Model {
   virtual float forward(const int32_t* tokens, const int32_t* targets, int n_batch, int n_seq,
                         const ForwardOptions& opts = {}) = 0;
   virtual long n_targets() const = 0;
+  // Sum of (mean loss) x (unmasked targets) over the forwards with targets since the last
+  // clear_loss_sum() (see the file comment). On a GPU this waits for the device.
+  virtual double loss_sum() = 0;
+  virtual void clear_loss_sum() = 0;
   virtual void backward(float loss_scale = 1.0f, const GradReadyFn& ready = nullptr) = 0;
   virtual const float* logits() const = 0;
 

@@ -322,7 +322,10 @@ float TransformerModel::forward(const int32_t* tokens, const int32_t* targets, i
     sum += a.losses[i];
     ++n_targets_;
   }
-  return n_targets_ > 0 ? static_cast<float>(sum / static_cast<double>(n_targets_)) : 0.0f;
+  const float mean =
+      n_targets_ > 0 ? static_cast<float>(sum / static_cast<double>(n_targets_)) : 0.0f;
+  loss_sum_ += static_cast<double>(mean) * static_cast<double>(n_targets_);
+  return mean;
 }
 
 void TransformerModel::backward(float loss_scale, const GradReadyFn& ready) {

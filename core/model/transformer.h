@@ -56,6 +56,8 @@ class TransformerModel final : public Model {
   float forward(const int32_t* tokens, const int32_t* targets, int n_batch, int n_seq,
                 const ForwardOptions& opts = {}) override;
   long n_targets() const override { return n_targets_; }
+  double loss_sum() override { return loss_sum_; }
+  void clear_loss_sum() override { loss_sum_ = 0.0; }
   void backward(float loss_scale = 1.0f, const GradReadyFn& ready = nullptr) override;
   const float* logits() const override;
   // Per-position losses [n_batch, n_seq] of the last forward with targets (0 where masked).
@@ -80,6 +82,7 @@ class TransformerModel final : public Model {
   std::vector<float> rope_cos_, rope_sin_;  // [max_seq_len, head_dim / 2], RoPE models only
   std::string fingerprint_;
   long n_targets_ = 0;
+  double loss_sum_ = 0.0;
   std::unique_ptr<Activations> acts_;
 };
 

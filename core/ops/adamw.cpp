@@ -1,7 +1,9 @@
 // AdamW over one contiguous parameter buffer on the CPU, and the global-norm helpers.
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr ( (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps) + weight_decay p )
-//   sum_squares = sum g^2 (double);  scale: g *= factor.
+//   sum_squares = sum g^2 (double);  scale: g *= factor;
+//   clip_by_norm: g *= max_norm / (norm + 1e-6) when max_norm > 0 and
+//                 norm = sqrt(*sum_sq) > max_norm.
 // Shapes: params, grads, m, v [n]; step counts from 1. The bias corrections are computed once
 // in double; the element loop is float, parallel and vectorised.
 #include "core/ops/adamw.h"
@@ -45,6 +47,14 @@ void scale_cpu(float* x, float factor, size_t n) {
   const long count = static_cast<long>(n);
 #pragma omp parallel for simd schedule(static) if (count > 65536)
   for (long i = 0; i < count; ++i) x[i] *= factor;
+}
+
+void clip_by_norm_cpu(float* x, size_t n, const double* sum_sq, float max_norm) {
+  LORA_CHECK(x != nullptr && sum_sq != nullptr, "x and sum_sq must not be null");
+  const double norm = std::sqrt(*sum_sq);
+  if (max_norm > 0.0f && norm > max_norm) {
+    scale_cpu(x, static_cast<float>(max_norm / (norm + 1e-6)), n);
+  }
 }
 
 }  // namespace lora::ops

@@ -4,6 +4,8 @@
 //   sum_squares: *out_device = sum_i x[i]^2, accumulated in double (per-thread partial sums,
 //                a block reduction, then one atomicAdd on a double per block; sm_60+).
 //   scale:       x[i] *= factor.
+//   clip_by_norm: x[i] *= max_norm / (norm + 1e-6) when max_norm > 0 and norm > max_norm, with
+//                norm = sqrt(*sum_sq_device) read on the device (no host read of the norm).
 // Shapes: params, grads, m, v, x [n]. Grid-stride kernels on the caller's stream. The reciprocal
 // bias corrections 1 / (1 - b^step) are computed once on the host in double, as the CPU version.
 #include "core/ops/adamw.h"
@@ -58,6 +60,18 @@ static __global__ void scale_kernel(float* x, float factor, size_t n) {
   }
 }
 
+// Every thread computes the factor from the device sum (the same double arithmetic as the CPU).
+static __global__ void clip_by_norm_kernel(float* x, size_t n, const double* sum_sq,
+                                           float max_norm) {
+  const double norm = sqrt(*sum_sq);
+  if (!(max_norm > 0.0f && norm > max_norm)) return;
+  const float factor = static_cast<float>(max_norm / (norm + 1e-6));
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    x[i] *= factor;
+  }
+}
+
 void adamw_update_cuda(float* params, const float* grads, float* m, float* v, size_t n,
                        const AdamWParams& hp, long step, cudaStream_t stream) {
   detail::check_adamw_update_args(params, grads, m, v, n, hp, step);
@@ -86,6 +100,14 @@ void scale_cuda(float* x, float factor, size_t n, cudaStream_t stream) {
   LORA_CHECK(x != nullptr, "x must not be null");
   if (n == 0) return;
   scale_kernel<<<grid_for(n), kBlockSize, 0, stream>>>(x, factor, n);
+  LORA_CUDA_CHECK_LAUNCH();
+}
+
+void clip_by_norm_cuda(float* x, size_t n, const double* sum_sq_device, float max_norm,
+                       cudaStream_t stream) {
+  LORA_CHECK(x != nullptr && sum_sq_device != nullptr, "x and sum_sq_device must not be null");
+  if (n == 0) return;
+  clip_by_norm_kernel<<<grid_for(n), kBlockSize, 0, stream>>>(x, n, sum_sq_device, max_norm);
   LORA_CUDA_CHECK_LAUNCH();
 }
 

@@ -3,7 +3,10 @@
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr * ( (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps) + weight_decay * p )
 // And the gradient-norm helpers used for global-norm clipping:
-//   sum_squares = sum_i g[i]^2 (accumulated in double);  scale: g[i] *= factor.
+//   sum_squares = sum_i g[i]^2 (accumulated in double);  scale: g[i] *= factor;
+//   clip_by_norm: with norm = sqrt(*sum_sq), g[i] *= float(max_norm / (norm + 1e-6)) when
+//   max_norm > 0 and norm > max_norm (core/optimizer.h's clipping rule), the sum read where it
+//   lies (device memory for the CUDA version, so clipping needs no host read).
 // Shapes: params, grads, m, v [n].
 #pragma once
 
@@ -27,6 +30,7 @@ void adamw_update_cpu(float* params, const float* grads, float* m, float* v, siz
                       const AdamWParams& hp, long step);
 double sum_squares_cpu(const float* x, size_t n);
 void scale_cpu(float* x, float factor, size_t n);
+void clip_by_norm_cpu(float* x, size_t n, const double* sum_sq, float max_norm);
 
 #ifdef LORA_WITH_CUDA
 void adamw_update_cuda(float* params, const float* grads, float* m, float* v, size_t n,
@@ -34,6 +38,8 @@ void adamw_update_cuda(float* params, const float* grads, float* m, float* v, si
 // Writes sum of squares (as double) into *out_device, a device pointer.
 void sum_squares_cuda(double* out_device, const float* x, size_t n, cudaStream_t stream);
 void scale_cuda(float* x, float factor, size_t n, cudaStream_t stream);
+void clip_by_norm_cuda(float* x, size_t n, const double* sum_sq_device, float max_norm,
+                       cudaStream_t stream);
 #endif
 
 // Argument checks shared by the CPU and CUDA entry points.

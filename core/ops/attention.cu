@@ -1,19 +1,20 @@
-// Causal multi-head self-attention on the GPU: straightforward kernels, one block per
-// (batch, head, row), the scores row in shared memory.
-//   qkv [n_batch, n_seq, 3 * d_model]: q, k, v of position t, head h at columns
-//   h * hs, d_model + h * hs, 2 * d_model + h * hs (hs = d_model / n_head).
+// Causal self-attention with grouped-query heads on the GPU: straightforward kernels, one block
+// per (batch, head, row), the scores row in shared memory.
+//   qkv [n_batch, n_seq, (NH + 2 NKV) hs]: query head h at columns h hs, key head g at (NH + g) hs,
+//   value head g at (NH + NKV + g) hs; query head h reads key/value head g = h / (NH / NKV)
+//   (GPT-2's c_attn q | k | v is the case NKV = NH).
 //   forward:  att[b, h, t, u] = softmax_{u <= t}(q_t . k_u / sqrt(hs)), 0 for u > t;
 //             out[b, t, h * hs + d] = sum_u att[b, h, t, u] v_u[d]
 //   backward (accumulates into dqkv), with datt[t, u] = dout_t . v_u and
 //             D[t] = sum_u att[t, u] datt[t, u]:
 //             ds[t, u] = att[t, u] (datt[t, u] - D[t])
-//             dq_t += sum_{u <= t} ds[t, u] k_u / sqrt(hs)        (one block per query row t)
-//             dk_u += sum_{t >= u} ds[t, u] q_t / sqrt(hs)        (one block per key row u)
-//             dv_u += sum_{t >= u} att[t, u] dout_t               (same block)
+//             dq_t += sum_{u <= t} ds[t, u] k_u / sqrt(hs)        (one block per query head, row t)
+//             dk_u += sum_h sum_{t >= u} ds_h[t, u] q_t / sqrt(hs) (one block per key head, row u,
+//             dv_u += sum_h sum_{t >= u} att_h[t, u] dout_t         summing its group's heads h)
 // The backward runs as two kernels so that every gradient row has exactly one writer (no
 // atomics, deterministic): the query-row kernel also stores D[t] into a temporary
 // [n_batch, n_head, n_seq] buffer (stream-ordered allocation) that the key-row kernel reads.
-// Shapes: out, dout [n_batch, n_seq, d_model]; att [n_batch, n_head, n_seq, n_seq].
+// Shapes: out, dout [n_batch, n_seq, NH hs]; att [n_batch, NH, n_seq, n_seq].
 // Shared memory per block: each kernel's static part (the reduction scratch) plus the dynamic part
 // sized by n_seq and hs must fit the device's per-block limit; above the 48 KiB default the
 // kernel's dynamic limit is raised (cudaFuncSetAttribute) before the launch.
@@ -40,17 +41,24 @@ constexpr size_t kMaxSharedBytesAnyDevice = 256 * 1024;
 
 struct Dims {
   int n_seq;
-  int d_model;
   int n_head;
+  int n_kv_head;
   int hs;
+  int group;      // query heads per key/value head: n_head / n_kv_head
+  size_t ld;      // qkv row: (n_head + 2 n_kv_head) hs
+  size_t q_dim;   // out row: n_head hs
+  __device__ size_t k_col(int kv_head) const { return static_cast<size_t>(n_head + kv_head) * hs; }
+  __device__ size_t v_col(int kv_head) const {
+    return static_cast<size_t>(n_head + n_kv_head + kv_head) * hs;
+  }
 };
 
-// Which (b, h, row) a block of a [n_batch * n_head * n_seq] grid handles.
-__device__ __forceinline__ void block_coords(const Dims& dims, int* b, int* h, int* row) {
+// Which (b, head, row) a block of a [n_batch * n_heads * n_seq] grid handles.
+__device__ __forceinline__ void block_coords(int n_seq, int n_heads, int* b, int* head, int* row) {
   const int idx = blockIdx.x;
-  *row = idx % dims.n_seq;
-  *h = (idx / dims.n_seq) % dims.n_head;
-  *b = idx / (dims.n_seq * dims.n_head);
+  *row = idx % n_seq;
+  *head = (idx / n_seq) % n_heads;
+  *b = idx / (n_seq * n_heads);
 }
 
 size_t query_row_shared_bytes(int n_seq, int hs) {
@@ -61,13 +69,12 @@ size_t key_row_shared_bytes(int hs) {
   return (1 + 2 * static_cast<size_t>(kWarps)) * hs * sizeof(float);
 }
 
-// The limits that need no device, checked after the shared size checks (sizes positive, d_model a
-// multiple of n_head).
-void check_launch_limits(int n_batch, int n_seq, int d_model, int n_head) {
+// The limits that need no device, checked after the shared size checks (sizes positive, n_kv_head
+// dividing n_head).
+void check_launch_limits(int n_batch, int n_seq, int n_head, int hs) {
   LORA_CHECK(static_cast<long long>(n_batch) * n_head * n_seq <= 0x7fffffffLL,
              "n_batch * n_head * n_seq too large for one grid: ", n_batch, " * ", n_head, " * ",
              n_seq);
-  const int hs = d_model / n_head;
   LORA_CHECK(query_row_shared_bytes(n_seq, hs) <= kMaxSharedBytesAnyDevice &&
                  key_row_shared_bytes(hs) <= kMaxSharedBytesAnyDevice,
              "n_seq ", n_seq, " with head size ", hs, " needs more shared memory than ",
@@ -109,8 +116,10 @@ static __global__ void attention_forward_kernel(float* out, float* att, const fl
   float* q_s = smem;
   float* scores = smem + hs;
   int b = 0, h = 0, t = 0;
-  block_coords(dims, &b, &h, &t);
-  const size_t row_stride = 3 * static_cast<size_t>(dims.d_model);
+  block_coords(dims.n_seq, dims.n_head, &b, &h, &t);
+  const size_t row_stride = dims.ld;
+  const size_t k_col = dims.k_col(h / dims.group);
+  const size_t v_col = dims.v_col(h / dims.group);
   const float* base = qkv + static_cast<size_t>(b) * dims.n_seq * row_stride;
   const float* q = base + t * row_stride + h * hs;
   for (int d = threadIdx.x; d < hs; d += blockDim.x) q_s[d] = q[d];
@@ -120,7 +129,7 @@ static __global__ void attention_forward_kernel(float* out, float* att, const fl
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   for (int u = warp; u <= t; u += kWarps) {
-    const float* k = base + u * row_stride + dims.d_model + h * hs;
+    const float* k = base + u * row_stride + k_col;
     float dot = 0.0f;
     for (int d = lane; d < hs; d += kWarpSize) dot += q_s[d] * k[d];
     dot = warp_sum(dot);
@@ -147,10 +156,10 @@ static __global__ void attention_forward_kernel(float* out, float* att, const fl
   }
   __syncthreads();
 
-  float* out_row = out + (static_cast<size_t>(b) * dims.n_seq + t) * dims.d_model + h * hs;
+  float* out_row = out + (static_cast<size_t>(b) * dims.n_seq + t) * dims.q_dim + h * hs;
   for (int d = threadIdx.x; d < hs; d += blockDim.x) {
     float acc = 0.0f;
-    for (int u = 0; u <= t; ++u) acc += scores[u] * base[u * row_stride + 2 * dims.d_model + h * hs + d];
+    for (int u = 0; u <= t; ++u) acc += scores[u] * base[u * row_stride + v_col + d];
     out_row[d] = acc;
   }
 }
@@ -165,17 +174,19 @@ static __global__ void attention_backward_query_kernel(float* dqkv, float* d_sum
   float* dout_s = smem;
   float* ds = smem + hs;
   int b = 0, h = 0, t = 0;
-  block_coords(dims, &b, &h, &t);
-  const size_t row_stride = 3 * static_cast<size_t>(dims.d_model);
+  block_coords(dims.n_seq, dims.n_head, &b, &h, &t);
+  const size_t row_stride = dims.ld;
+  const size_t k_col = dims.k_col(h / dims.group);
+  const size_t v_col = dims.v_col(h / dims.group);
   const float* base = qkv + static_cast<size_t>(b) * dims.n_seq * row_stride;
-  const float* dout_row = dout + (static_cast<size_t>(b) * dims.n_seq + t) * dims.d_model + h * hs;
+  const float* dout_row = dout + (static_cast<size_t>(b) * dims.n_seq + t) * dims.q_dim + h * hs;
   for (int d = threadIdx.x; d < hs; d += blockDim.x) dout_s[d] = dout_row[d];
   __syncthreads();
 
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   for (int u = warp; u <= t; u += kWarps) {
-    const float* v = base + u * row_stride + 2 * dims.d_model + h * hs;
+    const float* v = base + u * row_stride + v_col;
     float dot = 0.0f;
     for (int d = lane; d < hs; d += kWarpSize) dot += dout_s[d] * v[d];
     dot = warp_sum(dot);
@@ -196,13 +207,14 @@ static __global__ void attention_backward_query_kernel(float* dqkv, float* d_sum
   float* dq_row = dqkv + (static_cast<size_t>(b) * dims.n_seq + t) * row_stride + h * hs;
   for (int d = threadIdx.x; d < hs; d += blockDim.x) {
     float acc = 0.0f;
-    for (int u = 0; u <= t; ++u) acc += ds[u] * base[u * row_stride + dims.d_model + h * hs + d];
+    for (int u = 0; u <= t; ++u) acc += ds[u] * base[u * row_stride + k_col + d];
     dq_row[d] += scale * acc;
   }
 }
 
-// One block per (b, h, u): dk_u and dv_u. Each warp handles rows t = u + warp, u + warp + kWarps,
-// ... and accumulates into its own slice of shared memory; the slices are summed at the end.
+// One block per (b, g, u): dk_u and dv_u of key/value head g, summed over the query heads of its
+// group. Each warp handles rows t = u + warp, u + warp + kWarps, ... of each of those heads in
+// turn and accumulates into its own slice of shared memory; the slices are summed at the end.
 // Shared: v_u [hs], dv partials [kWarps][hs], dk partials [kWarps][hs].
 static __global__ void attention_backward_key_kernel(float* dqkv, const float* d_sums,
                                                      const float* dout, const float* qkv,
@@ -212,37 +224,40 @@ static __global__ void attention_backward_key_kernel(float* dqkv, const float* d
   float* v_s = smem;
   float* dv_part = smem + hs;
   float* dk_part = dv_part + kWarps * hs;
-  int b = 0, h = 0, u = 0;
-  block_coords(dims, &b, &h, &u);
-  const size_t row_stride = 3 * static_cast<size_t>(dims.d_model);
+  int b = 0, g = 0, u = 0;
+  block_coords(dims.n_seq, dims.n_kv_head, &b, &g, &u);
+  const size_t row_stride = dims.ld;
   const float* base = qkv + static_cast<size_t>(b) * dims.n_seq * row_stride;
-  const float* v = base + u * row_stride + 2 * dims.d_model + h * hs;
+  const float* v = base + u * row_stride + dims.v_col(g);
   for (int d = threadIdx.x; d < hs; d += blockDim.x) v_s[d] = v[d];
   for (int i = threadIdx.x; i < 2 * kWarps * hs; i += blockDim.x) dv_part[i] = 0.0f;
   __syncthreads();
 
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
-  const size_t bh = static_cast<size_t>(b) * dims.n_head + h;
   float* dv_w = dv_part + warp * hs;
   float* dk_w = dk_part + warp * hs;
-  for (int t = u + warp; t < dims.n_seq; t += kWarps) {
-    const float* dout_row = dout + (static_cast<size_t>(b) * dims.n_seq + t) * dims.d_model + h * hs;
-    const float* q = base + t * row_stride + h * hs;
-    float dot = 0.0f;
-    for (int d = lane; d < hs; d += kWarpSize) dot += dout_row[d] * v_s[d];
-    dot = warp_sum(dot);  // datt[t, u], every lane
-    const float a = att[(bh * dims.n_seq + t) * dims.n_seq + u];
-    const float ds = a * (dot - d_sums[bh * dims.n_seq + t]);
-    for (int d = lane; d < hs; d += kWarpSize) {
-      dv_w[d] += a * dout_row[d];
-      dk_w[d] += ds * q[d];
+  for (int h = g * dims.group; h < (g + 1) * dims.group; ++h) {
+    const size_t bh = static_cast<size_t>(b) * dims.n_head + h;
+    for (int t = u + warp; t < dims.n_seq; t += kWarps) {
+      const float* dout_row =
+          dout + (static_cast<size_t>(b) * dims.n_seq + t) * dims.q_dim + h * hs;
+      const float* q = base + t * row_stride + h * hs;
+      float dot = 0.0f;
+      for (int d = lane; d < hs; d += kWarpSize) dot += dout_row[d] * v_s[d];
+      dot = warp_sum(dot);  // datt[t, u], every lane
+      const float a = att[(bh * dims.n_seq + t) * dims.n_seq + u];
+      const float ds = a * (dot - d_sums[bh * dims.n_seq + t]);
+      for (int d = lane; d < hs; d += kWarpSize) {
+        dv_w[d] += a * dout_row[d];
+        dk_w[d] += ds * q[d];
+      }
     }
   }
   __syncthreads();
 
   const float scale = 1.0f / sqrtf(static_cast<float>(hs));
-  float* row = dqkv + (static_cast<size_t>(b) * dims.n_seq + u) * row_stride + h * hs;
+  float* row = dqkv + (static_cast<size_t>(b) * dims.n_seq + u) * row_stride;
   for (int d = threadIdx.x; d < hs; d += blockDim.x) {
     float dk = 0.0f;
     float dv = 0.0f;
@@ -250,19 +265,30 @@ static __global__ void attention_backward_key_kernel(float* dqkv, const float* d
       dk += dk_part[w * hs + d];
       dv += dv_part[w * hs + d];
     }
-    row[dims.d_model + d] += scale * dk;
-    row[2 * dims.d_model + d] += dv;
+    row[dims.k_col(g) + d] += scale * dk;
+    row[dims.v_col(g) + d] += dv;
   }
 }
+
+namespace {
+
+Dims make_dims(int n_seq, int n_head, int n_kv_head, int head_dim) {
+  return Dims{n_seq,
+              n_head,
+              n_kv_head,
+              head_dim,
+              n_head / n_kv_head,
+              static_cast<size_t>(n_head + 2 * n_kv_head) * head_dim,
+              static_cast<size_t>(n_head) * head_dim};
+}
+
+}  // namespace
 
 void attention_forward_cuda(float* out, float* att, const float* qkv, int n_batch, int n_seq,
                             int n_head, int n_kv_head, int head_dim, cudaStream_t stream) {
   detail::check_attention_forward_args(out, att, qkv, n_batch, n_seq, n_head, n_kv_head, head_dim);
-  LORA_CHECK(n_kv_head == n_head, "the CUDA attention kernels do not implement grouped-query "
-             "attention yet (n_kv_head ", n_kv_head, " != n_head ", n_head, ")");
-  const int d_model = n_head * head_dim;
-  check_launch_limits(n_batch, n_seq, d_model, n_head);
-  const Dims dims{n_seq, d_model, n_head, d_model / n_head};
+  check_launch_limits(n_batch, n_seq, n_head, head_dim);
+  const Dims dims = make_dims(n_seq, n_head, n_kv_head, head_dim);
   const unsigned int blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;
   const size_t shared_bytes = query_row_shared_bytes(n_seq, dims.hs);
   prepare_shared_memory(attention_forward_kernel, shared_bytes, n_seq, dims.hs, "forward");
@@ -275,12 +301,10 @@ void attention_backward_cuda(float* dqkv, const float* dout, const float* qkv, c
                              cudaStream_t stream) {
   detail::check_attention_backward_args(dqkv, dout, qkv, att, n_batch, n_seq, n_head, n_kv_head,
                                         head_dim);
-  LORA_CHECK(n_kv_head == n_head, "the CUDA attention kernels do not implement grouped-query "
-             "attention yet (n_kv_head ", n_kv_head, " != n_head ", n_head, ")");
-  const int d_model = n_head * head_dim;
-  check_launch_limits(n_batch, n_seq, d_model, n_head);
-  const Dims dims{n_seq, d_model, n_head, d_model / n_head};
-  const unsigned int blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;
+  check_launch_limits(n_batch, n_seq, n_head, head_dim);
+  const Dims dims = make_dims(n_seq, n_head, n_kv_head, head_dim);
+  const unsigned int query_blocks = static_cast<unsigned int>(n_batch) * n_head * n_seq;
+  const unsigned int key_blocks = static_cast<unsigned int>(n_batch) * n_kv_head * n_seq;
   const size_t query_bytes = query_row_shared_bytes(n_seq, dims.hs);
   const size_t key_bytes = key_row_shared_bytes(dims.hs);
   prepare_shared_memory(attention_backward_query_kernel, query_bytes, n_seq, dims.hs,
@@ -288,13 +312,14 @@ void attention_backward_cuda(float* dqkv, const float* dout, const float* qkv, c
   prepare_shared_memory(attention_backward_key_kernel, key_bytes, n_seq, dims.hs,
                         "backward (key rows)");
   float* d_sums = nullptr;
-  LORA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&d_sums), blocks * sizeof(float), stream));
-  attention_backward_query_kernel<<<blocks, kThreads, query_bytes, stream>>>(dqkv, d_sums, dout,
-                                                                          qkv, att, dims);
+  LORA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&d_sums),
+                                  query_blocks * sizeof(float), stream));
+  attention_backward_query_kernel<<<query_blocks, kThreads, query_bytes, stream>>>(
+      dqkv, d_sums, dout, qkv, att, dims);
   const cudaError_t launch_query = cudaGetLastError();
   if (launch_query == cudaSuccess) {
-    attention_backward_key_kernel<<<blocks, kThreads, key_bytes, stream>>>(dqkv, d_sums, dout, qkv,
-                                                                      att, dims);
+    attention_backward_key_kernel<<<key_blocks, kThreads, key_bytes, stream>>>(dqkv, d_sums, dout,
+                                                                             qkv, att, dims);
   }
   const cudaError_t launch_key = cudaGetLastError();
   LORA_CUDA_CHECK(cudaFreeAsync(d_sums, stream));

@@ -23,7 +23,6 @@ void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, co
                             int n_batch, int n_seq, int n_head, int n_kv_head, int head_dim);
 
 #ifdef LORA_WITH_CUDA
-// The CUDA kernels implement n_kv_head == n_head only (GPT-2 shapes) so far.
 void attention_forward_cuda(float* out, float* att, const float* qkv, int n_batch, int n_seq,
                             int n_head, int n_kv_head, int head_dim, cudaStream_t stream);
 void attention_backward_cuda(float* dqkv, const float* dout, const float* qkv, const float* att,

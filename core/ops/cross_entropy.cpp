@@ -79,4 +79,17 @@ void cross_entropy_backward_cpu(float* dlogits, const float* logits, const int32
   }
 }
 
+void cross_entropy_mean_cpu(float* mean_out, double* loss_sum, const float* losses,
+                            const int32_t* targets, int n, long n_unmasked) {
+  detail::check_cross_entropy_mean_args(mean_out, loss_sum, losses, targets, n, n_unmasked);
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) {
+    if (targets[i] >= 0) sum += losses[i];
+  }
+  const float mean =
+      n_unmasked > 0 ? static_cast<float>(sum / static_cast<double>(n_unmasked)) : 0.0f;
+  *mean_out = mean;
+  *loss_sum += static_cast<double>(mean) * static_cast<double>(n_unmasked);
+}
+
 }  // namespace lora::ops

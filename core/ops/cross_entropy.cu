@@ -5,6 +5,8 @@
 // statistics are complete (block barrier) before any thread writes, and after them each thread
 // reads and writes only its own columns.
 // Shapes: logits, dlogits [n, vocab]; targets [n] int32 (device); losses [n].
+// The mean over the unmasked rows is one block of kThreads summing in double; it writes the mean
+// and adds mean * n_unmasked to the running sum, both in device memory.
 // Targets live on the device and are validated by the data loader. A negative target masks its
 // row (loss 0, gradient row 0); a target >= vocab gives a NaN loss (forward) or a NaN row
 // (backward) rather than an out-of-bounds read.
@@ -93,6 +95,31 @@ void cross_entropy_backward_cuda(float* dlogits, const float* logits, const int3
                                  float dloss, int n, int vocab, cudaStream_t stream) {
   detail::check_cross_entropy_backward_args(dlogits, logits, targets, dloss, n, vocab);
   cross_entropy_backward_kernel<<<n, kThreads, 0, stream>>>(dlogits, logits, targets, dloss, vocab);
+  LORA_CUDA_CHECK_LAUNCH();
+}
+
+static __global__ void cross_entropy_mean_kernel(float* mean_out, double* loss_sum,
+                                                 const float* losses, const int32_t* targets,
+                                                 int n, long n_unmasked) {
+  __shared__ double scratch[32];
+  double sum = 0.0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    if (targets[i] >= 0) sum += losses[i];
+  }
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) {
+    const float mean =
+        n_unmasked > 0 ? static_cast<float>(sum / static_cast<double>(n_unmasked)) : 0.0f;
+    *mean_out = mean;
+    *loss_sum += static_cast<double>(mean) * static_cast<double>(n_unmasked);
+  }
+}
+
+void cross_entropy_mean_cuda(float* mean_out, double* loss_sum, const float* losses,
+                             const int32_t* targets, int n, long n_unmasked, cudaStream_t stream) {
+  detail::check_cross_entropy_mean_args(mean_out, loss_sum, losses, targets, n, n_unmasked);
+  cross_entropy_mean_kernel<<<1, kThreads, 0, stream>>>(mean_out, loss_sum, losses, targets, n,
+                                                        n_unmasked);
   LORA_CUDA_CHECK_LAUNCH();
 }
 

@@ -6,6 +6,11 @@
 // dlogits may alias logits (in place), so the logits never need a second buffer.
 // A negative target masks its row: loss 0 and a zero gradient row (prompt tokens, padding).
 // Shapes: logits, dlogits [n, vocab]; targets [n] int32 in [0, vocab) or < 0; losses [n].
+// cross_entropy_mean: the mean loss over the n_unmasked rows whose target is >= 0, and a running
+// sum that a model reads once per log line instead of once per forward:
+//   mean = n_unmasked > 0 ? float(sum_{i: targets[i] >= 0} losses[i] / n_unmasked) : 0
+//   (the sum in double);  *mean_out = mean;  *loss_sum += double(mean) * n_unmasked
+// The CUDA version keeps mean_out and loss_sum in device memory.
 #pragma once
 
 #include <cmath>
@@ -23,12 +28,16 @@ void cross_entropy_forward_cpu(float* losses, const float* logits, const int32_t
                                int vocab);
 void cross_entropy_backward_cpu(float* dlogits, const float* logits, const int32_t* targets,
                                 float dloss, int n, int vocab);
+void cross_entropy_mean_cpu(float* mean_out, double* loss_sum, const float* losses,
+                            const int32_t* targets, int n, long n_unmasked);
 
 #ifdef LORA_WITH_CUDA
 void cross_entropy_forward_cuda(float* losses, const float* logits, const int32_t* targets, int n,
                                 int vocab, cudaStream_t stream);
 void cross_entropy_backward_cuda(float* dlogits, const float* logits, const int32_t* targets,
                                  float dloss, int n, int vocab, cudaStream_t stream);
+void cross_entropy_mean_cuda(float* mean_out, double* loss_sum, const float* losses,
+                             const int32_t* targets, int n, long n_unmasked, cudaStream_t stream);
 #endif
 
 // Argument checks shared by the CPU and CUDA entry points.
@@ -52,6 +61,16 @@ inline void check_cross_entropy_backward_args(const float* dlogits, const float*
   LORA_CHECK(dlogits != nullptr, "dlogits must not be null");
   check_cross_entropy_sizes(logits, targets, n, vocab);
   LORA_CHECK(std::isfinite(dloss), "dloss must be finite, got ", dloss);
+}
+
+inline void check_cross_entropy_mean_args(const float* mean_out, const double* loss_sum,
+                                          const float* losses, const int32_t* targets, int n,
+                                          long n_unmasked) {
+  LORA_CHECK(mean_out != nullptr && loss_sum != nullptr && losses != nullptr && targets != nullptr,
+             "mean_out, loss_sum, losses, targets must not be null");
+  LORA_CHECK(n > 0, "n must be positive, got ", n);
+  LORA_CHECK(n_unmasked >= 0 && n_unmasked <= n, "n_unmasked ", n_unmasked, " outside [0, ", n,
+             "]");
 }
 
 }  // namespace detail

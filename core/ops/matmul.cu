@@ -1,6 +1,8 @@
-// Dense layer (Conv1D orientation) and the tied language-model head on the GPU, with cuBLAS.
+// Dense layers (Conv1D and nn.Linear orientations) and the LM head on the GPU, with cuBLAS.
 //   matmul:  y[n, d_out] = x[n, d_in] W[d_in, d_out] + bias[d_out]
 //            dx += dy W^T;  dw += x^T dy;  dbias += sum_i dy[i, :]   (null gradients skipped)
+//   linear:  y[n, d_out] = x[n, d_in] W[d_out, d_in]^T + bias[d_out]
+//            dx += dy W;    dw += dy^T x;  dbias += sum_i dy[i, :]   (null gradients skipped)
 //   lm_head: y[n, vocab] = x[n, c] E[vocab, c]^T
 //            dx += dy E;  dE += dy^T x                                (null gradients skipped)
 // All matrices are row-major; the products go through cuda::sgemm_row_major (fp32 math, no TF32)
@@ -84,6 +86,51 @@ void matmul_backward_cuda(float* dx, float* dw, float* dbias, const float* dy, c
     column_sum_kernel<<<grid, dim3(kColumnTile, kRowLanes), 0, stream>>>(dbias, dy, n, d_out);
     LORA_CUDA_CHECK_LAUNCH();
   }
+}
+
+namespace {
+
+// y's rows filled with the bias (so the product can accumulate onto it); the beta to use.
+float fill_bias_rows(float* y, const float* bias, int n, int d_out, cudaStream_t stream) {
+  if (bias == nullptr) return 0.0f;
+  broadcast_rows_kernel<<<grid_for(static_cast<size_t>(n) * d_out), kBlockSize, 0, stream>>>(
+      y, bias, static_cast<size_t>(n), d_out);
+  LORA_CUDA_CHECK_LAUNCH();
+  return 1.0f;
+}
+
+void bias_backward(float* dbias, const float* dy, int n, int d_out, cudaStream_t stream) {
+  const int row_chunks = std::min(kMaxRowChunks, (n + 63) / 64);
+  const dim3 grid((d_out + kColumnTile - 1) / kColumnTile, row_chunks);
+  column_sum_kernel<<<grid, dim3(kColumnTile, kRowLanes), 0, stream>>>(dbias, dy, n, d_out);
+  LORA_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void linear_forward_cuda(float* y, const float* x, const float* w, const float* bias, int n, int d_in,
+                         int d_out, cudaStream_t stream) {
+  detail::check_matmul_forward_args(y, x, w, n, d_in, d_out);
+  const float beta = fill_bias_rows(y, bias, n, d_out, stream);
+  // y[n, d_out] (+)= x[n, d_in] W[d_out, d_in]^T
+  cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_T, n, d_out, d_in, 1.0f, x, d_in, w, d_in,
+                        beta, y, d_out);
+}
+
+void linear_backward_cuda(float* dx, float* dw, float* dbias, const float* dy, const float* x,
+                          const float* w, int n, int d_in, int d_out, cudaStream_t stream) {
+  detail::check_matmul_backward_args(dx, dw, dy, x, w, n, d_in, d_out);
+  if (dx != nullptr) {
+    // dx[n, d_in] += dy[n, d_out] W[d_out, d_in]
+    cuda::sgemm_row_major(stream, CUBLAS_OP_N, CUBLAS_OP_N, n, d_in, d_out, 1.0f, dy, d_out, w,
+                          d_in, 1.0f, dx, d_in);
+  }
+  if (dw != nullptr) {
+    // dw[d_out, d_in] += dy[n, d_out]^T x[n, d_in]
+    cuda::sgemm_row_major(stream, CUBLAS_OP_T, CUBLAS_OP_N, d_out, d_in, n, 1.0f, dy, d_out, x,
+                          d_in, 1.0f, dw, d_in);
+  }
+  if (dbias != nullptr) bias_backward(dbias, dy, n, d_out, stream);
 }
 
 void lm_head_forward_cuda(float* y, const float* x, const float* e, int n, int c, int vocab,

@@ -8,7 +8,7 @@
 // linear: nn.Linear orientation (the Llama family), W [d_out, d_in]:
 //   y = x W^T + bias;  dx += dy W;  dw[d_out, d_in] += dy^T x;  dbias += sum_i dy[i, :]
 // Any of dx, dw, dbias may be null and is then not computed (frozen weight: no dw, no dbias).
-// The CPU version calls OpenBLAS sgemm; the CUDA version cuBLAS.
+// The CPU version calls OpenBLAS sgemm; the CUDA version cuBLAS (fp32 math, no TF32).
 #pragma once
 
 #include "core/error.h"
@@ -29,6 +29,10 @@ void linear_backward_cpu(float* dx, float* dw, float* dbias, const float* dy, co
 void matmul_forward_cuda(float* y, const float* x, const float* w, const float* bias, int n, int d_in,
                          int d_out, cudaStream_t stream);
 void matmul_backward_cuda(float* dx, float* dw, float* dbias, const float* dy, const float* x,
+                          const float* w, int n, int d_in, int d_out, cudaStream_t stream);
+void linear_forward_cuda(float* y, const float* x, const float* w, const float* bias, int n, int d_in,
+                         int d_out, cudaStream_t stream);
+void linear_backward_cuda(float* dx, float* dw, float* dbias, const float* dy, const float* x,
                           const float* w, int n, int d_in, int d_out, cudaStream_t stream);
 #endif
 

@@ -4,12 +4,13 @@
 //   dx[i, k]     += rstd[i] * (u[k] - x[i, k] * rstd[i]^2 * mean_j(u[j] x[i, j]))
 //   dweight[j]   += sum_i dy[i, j] x[i, j] rstd[i]          (dweight may be null: frozen)
 // Shapes: x, y, dx, dy [n, c]; weight [c]; rstd [n] (saved for backward).
-// CPU only so far.
+// The CUDA entry points take device pointers and run on the given stream.
 #pragma once
 
 #include <cmath>
 
 #include "core/error.h"
+#include "core/ops/stream.h"
 
 namespace lora::ops {
 
@@ -17,6 +18,14 @@ void rmsnorm_forward_cpu(float* y, float* rstd, const float* x, const float* wei
                          int n, int c);
 void rmsnorm_backward_cpu(float* dx, float* dweight, const float* dy, const float* x,
                           const float* weight, const float* rstd, int n, int c);
+
+#ifdef LORA_WITH_CUDA
+void rmsnorm_forward_cuda(float* y, float* rstd, const float* x, const float* weight, float eps,
+                          int n, int c, cudaStream_t stream);
+void rmsnorm_backward_cuda(float* dx, float* dweight, const float* dy, const float* x,
+                           const float* weight, const float* rstd, int n, int c,
+                           cudaStream_t stream);
+#endif
 
 namespace detail {
 

@@ -10,12 +10,14 @@
 //   inv_freq[i] = theta^(-2i / d), computed in float32 as transformers does, optionally rescaled
 //   by Llama-3.1's "llama3" rule (long wavelengths divided by factor, a smooth blend between
 //   low_freq_factor and high_freq_factor).
-// cos and sin tables are [max_seq, d/2]. CPU only so far.
+// cos and sin tables are [max_seq, d/2], made on the host; the CUDA entry points read device
+// copies of them (a model uploads its tables once) and run on the given stream.
 #pragma once
 
 #include <vector>
 
 #include "core/error.h"
+#include "core/ops/stream.h"
 
 namespace lora::ops {
 
@@ -30,6 +32,13 @@ void rope_forward_cpu(float* qkv, const float* cos, const float* sin, int n_batc
                       int n_head, int n_kv_head, int head_dim);
 void rope_backward_cpu(float* dqkv, const float* cos, const float* sin, int n_batch, int n_seq,
                        int n_head, int n_kv_head, int head_dim);
+
+#ifdef LORA_WITH_CUDA
+void rope_forward_cuda(float* qkv, const float* cos, const float* sin, int n_batch, int n_seq,
+                       int n_head, int n_kv_head, int head_dim, cudaStream_t stream);
+void rope_backward_cuda(float* dqkv, const float* cos, const float* sin, int n_batch, int n_seq,
+                        int n_head, int n_kv_head, int head_dim, cudaStream_t stream);
+#endif
 
 namespace detail {
 

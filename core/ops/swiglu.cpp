@@ -14,8 +14,7 @@ inline float sigmoid(float g) { return 1.0f / (1.0f + detail::exp_approx(-g)); }
 }  // namespace
 
 void swiglu_forward_cpu(float* out, const float* gate_up, int n, int f) {
-  LORA_CHECK(out != nullptr && gate_up != nullptr, "out and gate_up must not be null");
-  detail::check_swiglu_sizes(n, f);
+  detail::check_swiglu_forward_args(out, gate_up, n, f);
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) * f > 32768)
   for (int i = 0; i < n; ++i) {
     const float* g = gate_up + static_cast<size_t>(i) * 2 * f;
@@ -27,9 +26,7 @@ void swiglu_forward_cpu(float* out, const float* gate_up, int n, int f) {
 }
 
 void swiglu_backward_cpu(float* d_gate_up, const float* dout, const float* gate_up, int n, int f) {
-  LORA_CHECK(d_gate_up != nullptr && dout != nullptr && gate_up != nullptr,
-             "d_gate_up, dout, gate_up must not be null");
-  detail::check_swiglu_sizes(n, f);
+  detail::check_swiglu_backward_args(d_gate_up, dout, gate_up, n, f);
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) * f > 32768)
   for (int i = 0; i < n; ++i) {
     const float* g = gate_up + static_cast<size_t>(i) * 2 * f;

@@ -1,10 +1,14 @@
 // GradReducer bucketing in one process: a recording communicator notes each all-reduce's
 // [offset, offset+count) within the gradient buffer and "reduces" by doubling the elements when the
 // work is waited (a sum over two identical ranks), so each element must end up doubled exactly once.
+// Also the device-ordered mode (a consumer stream and a communicator that orders device streams,
+// as NCCL does): finish() does not block but leaves the all-reduces in flight, tested without
+// waiting; the next begin_step() and wait_all() wait for them.
 #include "comm/grad_reducer.h"
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <numeric>
 #include <utility>
 #include <vector>
@@ -244,6 +248,97 @@ TEST(GradReducer, ConsecutiveStepsCountTheirOwnBuckets) {
   EXPECT_EQ(reducer.n_buckets_last_step(), 4u);  // 300, 300, 300, 100
   EXPECT_EQ(comm.stats().all_reduce_bytes, 2u * 4u * 1000u);
   for (size_t i = 0; i < g.size(); ++i) ASSERT_EQ(g[i], 4.0f * static_cast<float>(i + 1));
+}
+
+
+// A communicator that orders device streams: order_before() notes the consumer and says yes; its
+// work completes only when waited (test() reports "not yet").
+class DeviceOrderedCommunicator final : public Communicator {
+ public:
+  struct Counts {
+    int tests = 0, waits = 0;
+  };
+  class PendingWork final : public Work {
+   public:
+    explicit PendingWork(Counts* counts) : counts_(counts) {}
+    void wait(std::chrono::milliseconds) override {
+      if (!done_) counts_->waits += 1;
+      done_ = true;
+    }
+    bool test() override {
+      counts_->tests += 1;
+      return done_;
+    }
+
+   private:
+    Counts* counts_;
+    bool done_ = false;
+  };
+
+  explicit DeviceOrderedCommunicator(bool orders) : orders_(orders) {}
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  std::string name() const override { return "device-ordered"; }
+  std::unique_ptr<Work> all_reduce_async(void*, size_t, DType, ReduceOp) override {
+    n_calls += 1;
+    return std::make_unique<PendingWork>(&counts);
+  }
+  void broadcast(void*, size_t, DType, int) override {}
+  void barrier() override {}
+  std::unique_ptr<Communicator> split(int, int) override { return nullptr; }
+  [[noreturn]] void abort(int code) override { std::_Exit(code); }
+  bool order_before(CUstream_st* consumer) override {
+    ordered.push_back(consumer);
+    return orders_;
+  }
+
+  Counts counts;
+  int n_calls = 0;
+  std::vector<CUstream_st*> ordered;
+
+ private:
+  bool orders_;
+};
+
+TEST(GradReducer, DeviceOrderedFinishLeavesTheReductionsInFlightUntilTheNextStep) {
+  std::vector<float> g(1000, 1.0f);
+  DeviceOrderedCommunicator comm(/*orders=*/true);
+  GradReducer reducer(comm, g, 300, /*overlap=*/true);
+  auto* stream = reinterpret_cast<CUstream_st*>(static_cast<uintptr_t>(0x1000));
+  reducer.set_consumer_stream(stream);
+  reducer.begin_step();
+  mark_descending_137(reducer);
+  reducer.finish();
+  EXPECT_EQ(comm.n_calls, 3);
+  EXPECT_EQ(comm.ordered, std::vector<CUstream_st*>{stream});
+  EXPECT_EQ(comm.counts.waits, 0) << "finish() blocked on a device-ordered all-reduce";
+  EXPECT_EQ(comm.counts.tests, 3) << "each bucket is tested once, without waiting";
+  reducer.begin_step();  // waits for the previous step's buckets
+  EXPECT_EQ(comm.counts.waits, 3);
+  reducer.mark_ready(0, 1000);
+  reducer.finish();
+  EXPECT_EQ(comm.counts.waits, 3);
+  reducer.wait_all();
+  EXPECT_EQ(comm.counts.waits, 7);  // 300, 300, 300, 100
+  reducer.wait_all();               // nothing left
+  EXPECT_EQ(comm.counts.waits, 7);
+}
+
+TEST(GradReducer, HostCommunicatorsAndNoConsumerStillWaitInFinish) {
+  std::vector<float> g(1000, 1.0f);
+  for (const bool with_consumer : {true, false}) {
+    SCOPED_TRACE(with_consumer ? "host communicator with a consumer stream" : "no consumer stream");
+    DeviceOrderedCommunicator comm(/*orders=*/!with_consumer);
+    GradReducer reducer(comm, g, 300, /*overlap=*/true);
+    if (with_consumer) {
+      reducer.set_consumer_stream(reinterpret_cast<CUstream_st*>(static_cast<uintptr_t>(0x1000)));
+    }
+    reducer.begin_step();
+    mark_descending_137(reducer);
+    reducer.finish();
+    EXPECT_EQ(comm.counts.waits, 3);
+    EXPECT_EQ(comm.ordered.size(), with_consumer ? 1u : 0u);
+  }
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // NcclCommunicator at world size 1 (bootstrapped through a LocalCommunicator): an all-reduce of a
 // device buffer equals the buffer (sum and average of one rank), broadcast from root 0 keeps it,
-// barrier and split work, stats count bytes like the other backends, and bad arguments throw.
+// barrier and split work, stats count bytes like the other backends, and bad arguments throw; with
+// a producer stream an all-reduce waits on the device for that stream's work, and order_before
+// makes a consumer stream wait for the all-reduces (the chain the trainer's gradients take).
 // Several ranks: mpi_test_nccl.cpp. Skips without a device (fails under LORA_REQUIRE_CUDA=1).
 #include <gtest/gtest.h>
 
@@ -10,6 +12,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <thread>
 #include <memory>
 #include <span>
 #include <string>
@@ -123,6 +127,48 @@ TEST_F(Nccl, BroadcastBarrierSplit) {
   EXPECT_EQ(back, host);
   EXPECT_EQ(sub->stats().all_reduce_calls, 1u);
   sub->barrier();
+}
+
+void CUDART_CB hold_stream(void* milliseconds) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(*static_cast<const int*>(milliseconds)));
+}
+
+// The producer stream is held, then fills the buffer; the all-reduce (identity at one rank) is
+// enqueued right away, and a consumer stream ordered after it copies the buffer. The copy sees the
+// fill only if the all-reduce waited for the producer and the consumer waited for the all-reduce;
+// the host never waits until it reads the copy.
+TEST_F(Nccl, ProducerAndConsumerStreamsAreOrderedOnTheDevice) {
+  static const int kHoldMs = 300;
+  const size_t n = size_t(1) << 20;
+  cudaStream_t producer = nullptr, consumer = nullptr;
+  LORA_CUDA_CHECK(cudaStreamCreateWithFlags(&producer, cudaStreamNonBlocking));
+  LORA_CUDA_CHECK(cudaStreamCreateWithFlags(&consumer, cudaStreamNonBlocking));
+  {
+    cuda::DeviceBuffer<float> buf(n), out(n);
+    const std::vector<float> ones(n, 1.0f);
+    buf.copy_from_host(ones.data(), stream_);
+    out.copy_from_host(ones.data(), stream_);
+    comm_->set_producer_stream(producer);
+    LORA_CUDA_CHECK(cudaLaunchHostFunc(producer, hold_stream, const_cast<int*>(&kHoldMs)));
+    LORA_CUDA_CHECK(cudaMemsetAsync(buf.data(), 0x3f, buf.size_bytes(), producer));
+    auto work = comm_->all_reduce_async(std::span<float>(buf.data(), n), ReduceOp::kSum);
+    EXPECT_TRUE(comm_->order_before(consumer));
+    LORA_CUDA_CHECK(cudaMemcpyAsync(out.data(), buf.data(), buf.size_bytes(),
+                                    cudaMemcpyDeviceToDevice, consumer));
+    std::vector<float> back(n);
+    LORA_CUDA_CHECK(cudaMemcpyAsync(back.data(), out.data(), out.size_bytes(),
+                                    cudaMemcpyDeviceToHost, consumer));
+    LORA_CUDA_CHECK(cudaStreamSynchronize(consumer));
+    float pattern = 0.0f;
+    const uint32_t pattern_bits = 0x3f3f3f3fu;  // each float after cudaMemset with byte 0x3f
+    std::memcpy(&pattern, &pattern_bits, sizeof(pattern));
+    EXPECT_EQ(back, std::vector<float>(n, pattern))
+        << "the consumer read the buffer before the producer's fill and the all-reduce";
+    comm_->wait(*work);
+    comm_->set_producer_stream(nullptr);
+  }
+  cudaStreamDestroy(consumer);
+  cudaStreamDestroy(producer);
 }
 
 #else  // !LORA_WITH_NCCL

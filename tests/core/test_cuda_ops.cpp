@@ -2,7 +2,11 @@
 // the device, run on a stream, copied back and compared element by element with a per-op
 // tolerance (|cpu - gpu| <= atol + rtol |cpu|). Gradients start from non-zero values so that
 // "accumulates (+=)" is checked, not only the product. Dropout masks must be equal bit for bit.
-// Also at real sizes: attention at GPT-2's head size and context (64, 1024), attention rows that
+// The Llama family's ops too: RMSNorm, RoPE (with llama3-scaled tables), SwiGLU, nn.Linear-
+// orientation linears, grouped-query and multi-query attention (with head_dim independent of
+// d_model); and the device-side loss mean and norm clipping the training step uses.
+// Also at real sizes: attention at GPT-2's head size and context (64, 1024), a Llama-like
+// grouped-query attention (16 query heads, 4 key/value heads, head size 128), attention rows that
 // need more than the default 48 KiB of shared memory, and the LM head plus cross-entropy over a
 // 128256-token vocabulary with more than 2^31 logits; and DeviceBuffer's copies and fills are
 // ordered on the caller's stream. Without a device (or without a CUDA build) those tests skip with
@@ -32,7 +36,10 @@
 #include "core/ops/lora.h"
 #include "core/ops/matmul.h"
 #include "core/ops/residual.h"
+#include "core/ops/rmsnorm.h"
 #include "core/ops/rng_device.cuh"
+#include "core/ops/rope.h"
+#include "core/ops/swiglu.h"
 #include "core/rng.h"
 #include "tests/common/cuda_device.h"
 
@@ -130,6 +137,19 @@ TEST(CudaOpsValidation, EntryPointsRejectBadArguments) {
   EXPECT_THROW(sum_squares_cuda(nullptr, p, 1, s), Error);
   EXPECT_THROW(sum_squares_cuda(&d, nullptr, 1, s), Error);
   EXPECT_THROW(scale_cuda(nullptr, 2.0f, 1, s), Error);
+  EXPECT_THROW(clip_by_norm_cuda(p, 1, nullptr, 1.0f, s), Error);
+  EXPECT_THROW(rmsnorm_forward_cuda(p, p, p, p, 0.0f, 1, 1, s), Error);  // eps must be positive
+  EXPECT_THROW(rmsnorm_forward_cuda(p, nullptr, p, p, 1e-5f, 1, 1, s), Error);
+  EXPECT_THROW(rmsnorm_backward_cuda(p, p, p, p, p, nullptr, 1, 1, s), Error);
+  EXPECT_THROW(rope_forward_cuda(p, p, p, 1, 1, 1, 1, 3, s), Error);  // odd head_dim
+  EXPECT_THROW(rope_backward_cuda(p, nullptr, p, 1, 1, 1, 1, 4, s), Error);
+  EXPECT_THROW(swiglu_forward_cuda(p, nullptr, 1, 1, s), Error);
+  EXPECT_THROW(swiglu_backward_cuda(p, p, p, 1, 0, s), Error);
+  EXPECT_THROW(linear_forward_cuda(p, p, nullptr, p, 1, 1, 1, s), Error);
+  EXPECT_THROW(linear_backward_cuda(nullptr, p, nullptr, p, nullptr, p, 1, 1, 1, s), Error);
+  EXPECT_THROW(attention_forward_cuda(p, p, p, 1, 4, 4, 3, 4, s), Error);  // 3 does not divide 4
+  EXPECT_THROW(cross_entropy_mean_cuda(p, &d, p, &tok, 1, 2, s), Error);   // 2 unmasked of 1 row
+  EXPECT_THROW(cross_entropy_mean_cuda(p, nullptr, p, &tok, 1, 1, s), Error);
 }
 
 // ---- on a device ----
@@ -160,7 +180,7 @@ class CudaOps : public ::testing::Test {
   }
 
   // Forward and backward of attention at one size (defined below).
-  void check_attention(int n_batch, int n_seq, int d_model, int n_head);
+  void check_attention(int n_batch, int n_seq, int n_head, int n_kv_head, int head_dim);
 
   cudaStream_t stream_ = nullptr;
 };
@@ -352,21 +372,22 @@ TEST_F(CudaOps, LmHead) {
   expect_close("lm_head dE", de, download(d_de), 1e-4, 1e-4);
 }
 
-void CudaOps::check_attention(int n_batch, int n_seq, int d_model, int n_head) {
+// n_kv_head key/value heads (n_head: plain multi-head attention, as GPT-2) of head_dim each.
+void CudaOps::check_attention(int n_batch, int n_seq, int n_head, int n_kv_head, int head_dim) {
   CudaOps& t = *this;
   cudaStream_t stream = stream_;
-  const size_t n_qkv = static_cast<size_t>(n_batch) * n_seq * 3 * d_model;
-  const size_t n_out = static_cast<size_t>(n_batch) * n_seq * d_model;
+  const int hd = head_dim;
+  const size_t n_qkv = static_cast<size_t>(n_batch) * n_seq * (n_head + 2 * n_kv_head) * hd;
+  const size_t n_out = static_cast<size_t>(n_batch) * n_seq * n_head * hd;
   const size_t n_att = static_cast<size_t>(n_batch) * n_head * n_seq * n_seq;
   const auto qkv = randn(n_qkv, 40);
   std::vector<float> out(n_out), att(n_att);
-  const int hd = d_model / n_head;
-  attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, n_head, n_head, hd);
+  attention_forward_cpu(out.data(), att.data(), qkv.data(), n_batch, n_seq, n_head, n_kv_head, hd);
   auto d_qkv = t.upload(qkv);
   cuda::DeviceBuffer<float> d_out(n_out);
   auto d_att = t.upload(randn(n_att, 41));  // garbage: the masked half must be overwritten
-  attention_forward_cuda(d_out.data(), d_att.data(), d_qkv.data(), n_batch, n_seq, n_head, n_head,
-                         hd, stream);
+  attention_forward_cuda(d_out.data(), d_att.data(), d_qkv.data(), n_batch, n_seq, n_head,
+                         n_kv_head, hd, stream);
   expect_close("attention out", out, t.download(d_out), 1e-4, 1e-5);
   expect_close("attention att", att, t.download(d_att), 1e-4, 1e-6);
 
@@ -376,18 +397,26 @@ void CudaOps::check_attention(int n_batch, int n_seq, int d_model, int n_head) {
   auto d_dqkv = t.upload(dqkv);
   auto d_att_cpu = t.upload(att);  // the CPU probabilities for both backwards
   attention_backward_cpu(dqkv.data(), dout.data(), qkv.data(), att.data(), n_batch, n_seq, n_head,
-                         n_head, hd);
+                         n_kv_head, hd);
   attention_backward_cuda(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_att_cpu.data(), n_batch,
-                          n_seq, n_head, n_head, hd, stream);
+                          n_seq, n_head, n_kv_head, hd, stream);
   expect_close("attention dqkv", dqkv, t.download(d_dqkv), 1e-4, 1e-4);
 }
 
-TEST_F(CudaOps, AttentionSmall) { check_attention(2, 9, 24, 3); }
+TEST_F(CudaOps, AttentionSmall) { check_attention(2, 9, 3, 3, 8); }
 // One query row with more keys than a block has threads (n_seq > 128), head size 32.
-TEST_F(CudaOps, AttentionLongRows) { check_attention(1, 150, 64, 2); }
+TEST_F(CudaOps, AttentionLongRows) { check_attention(1, 150, 2, 2, 32); }
 
 // GPT-2's real attention: 12 heads of size 64 over a 1024-token context.
-TEST_F(CudaOps, AttentionGpt2Size) { check_attention(1, 1024, 768, 12); }
+TEST_F(CudaOps, AttentionGpt2Size) { check_attention(1, 1024, 12, 12, 64); }
+
+// Grouped-query attention: two query heads per key/value head, a head size that is not a power
+// of two; one key/value head for all (multi-query); and rows longer than a block has threads.
+TEST_F(CudaOps, AttentionGroupedQuery) { check_attention(2, 9, 4, 2, 6); }
+TEST_F(CudaOps, AttentionMultiQuery) { check_attention(2, 40, 4, 1, 16); }
+TEST_F(CudaOps, AttentionGroupedQueryLongRows) { check_attention(1, 200, 8, 2, 32); }
+// A Llama-like shape: 16 query heads, 4 key/value heads, head size 128, 512 positions.
+TEST_F(CudaOps, AttentionGroupedQueryLlamaSize) { check_attention(1, 512, 16, 4, 128); }
 
 // One attention row in double: scores, probabilities, out, and dq for dout_t, as the op defines
 // them (attention.h), for spot checks at sizes where the whole CPU op would be too slow.
@@ -595,6 +624,184 @@ TEST_F(CudaOps, LmHeadAndCrossEntropyBeyond2To31Logits) {
     }
     expect_close("dx" + tag, want_dx_f, got_dx, 1e-3, 1e-4 * dx_max);
   }
+}
+
+TEST_F(CudaOps, RmsNorm) {
+  const int n = 300, c = 67;  // c not a multiple of 32; n spans several row chunks
+  const float eps = 1e-6f;
+  const auto x = randn(static_cast<size_t>(n) * c, 120, 2.0f, 0.5f);
+  const auto w = randn(c, 121, 0.5f, 1.0f);
+  std::vector<float> y(x.size()), rstd(n);
+  rmsnorm_forward_cpu(y.data(), rstd.data(), x.data(), w.data(), eps, n, c);
+  auto d_x = upload(x);
+  auto d_w = upload(w);
+  cuda::DeviceBuffer<float> d_y(x.size()), d_rstd(n);
+  rmsnorm_forward_cuda(d_y.data(), d_rstd.data(), d_x.data(), d_w.data(), eps, n, c, stream_);
+  expect_close("rmsnorm y", y, download(d_y), 1e-5, 1e-6);
+  expect_close("rmsnorm rstd", rstd, download(d_rstd), 1e-5, 1e-7);
+
+  const auto dy = randn(x.size(), 122);
+  auto dx = randn(x.size(), 123);
+  auto dw = randn(c, 124);
+  auto d_dy = upload(dy);
+  auto d_dx = upload(dx);
+  auto d_dw = upload(dw);
+  auto d_rstd_cpu = upload(rstd);  // the CPU statistics for both, so only the backward is compared
+  rmsnorm_backward_cpu(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), n, c);
+  rmsnorm_backward_cuda(d_dx.data(), d_dw.data(), d_dy.data(), d_x.data(), d_w.data(),
+                        d_rstd_cpu.data(), n, c, stream_);
+  expect_close("rmsnorm dx", dx, download(d_dx), 1e-4, 1e-5);
+  expect_close("rmsnorm dweight", dw, download(d_dw), 1e-4, 1e-4);
+
+  // Frozen weight: dx only.
+  rmsnorm_backward_cpu(dx.data(), nullptr, dy.data(), x.data(), w.data(), rstd.data(), n, c);
+  rmsnorm_backward_cuda(d_dx.data(), nullptr, d_dy.data(), d_x.data(), d_w.data(),
+                        d_rstd_cpu.data(), n, c, stream_);
+  expect_close("rmsnorm dx (frozen)", dx, download(d_dx), 1e-4, 1e-5);
+  expect_close("rmsnorm dweight untouched", dw, download(d_dw), 1e-4, 1e-4);
+}
+
+TEST_F(CudaOps, Rope) {
+  const int n_batch = 2, n_seq = 11, n_head = 4, n_kv_head = 2, head_dim = 12, max_seq = 16;
+  std::vector<float> inv = rope_inv_freq(head_dim, 500.0f);
+  rope_scale_llama3(inv, 4.0f, 1.0f, 4.0f, 8);  // llama3: scaled and blended bands both hit
+  std::vector<float> cos, sin;
+  rope_tables(inv, max_seq, cos, sin);
+  const size_t n = static_cast<size_t>(n_batch) * n_seq * (n_head + 2 * n_kv_head) * head_dim;
+  const auto qkv = randn(n, 130);
+  auto d_cos = upload(cos);
+  auto d_sin = upload(sin);
+  auto want = qkv;
+  rope_forward_cpu(want.data(), cos.data(), sin.data(), n_batch, n_seq, n_head, n_kv_head, head_dim);
+  auto d_qkv = upload(qkv);
+  rope_forward_cuda(d_qkv.data(), d_cos.data(), d_sin.data(), n_batch, n_seq, n_head, n_kv_head,
+                    head_dim, stream_);
+  const auto got = download(d_qkv);
+  expect_close("rope forward", want, got, 1e-5, 1e-6);
+  // The value heads are untouched, bit for bit.
+  const int ld = (n_head + 2 * n_kv_head) * head_dim;
+  for (size_t row = 0; row < static_cast<size_t>(n_batch) * n_seq; ++row) {
+    for (int j = (n_head + n_kv_head) * head_dim; j < ld; ++j) {
+      ASSERT_EQ(got[row * ld + j], qkv[row * ld + j]) << "value column " << j << " of row " << row;
+    }
+  }
+  // Backward is the transposed rotation: on the same data it undoes the forward.
+  auto back = want;
+  rope_backward_cpu(back.data(), cos.data(), sin.data(), n_batch, n_seq, n_head, n_kv_head, head_dim);
+  rope_backward_cuda(d_qkv.data(), d_cos.data(), d_sin.data(), n_batch, n_seq, n_head, n_kv_head,
+                     head_dim, stream_);
+  const auto got_back = download(d_qkv);
+  expect_close("rope backward", back, got_back, 1e-5, 1e-6);
+  expect_close("rope round trip", qkv, got_back, 1e-5, 1e-5);
+}
+
+TEST_F(CudaOps, SwiGlu) {
+  const int n = 37, f = 300;
+  const auto gate_up = randn(static_cast<size_t>(n) * 2 * f, 140, 3.0f);
+  std::vector<float> out(static_cast<size_t>(n) * f);
+  swiglu_forward_cpu(out.data(), gate_up.data(), n, f);
+  auto d_gate_up = upload(gate_up);
+  cuda::DeviceBuffer<float> d_out(out.size());
+  swiglu_forward_cuda(d_out.data(), d_gate_up.data(), n, f, stream_);
+  expect_close("swiglu out", out, download(d_out), 1e-5, 1e-6);
+
+  const auto dout = randn(out.size(), 141);
+  auto dgu = randn(gate_up.size(), 142);
+  auto d_dout = upload(dout);
+  auto d_dgu = upload(dgu);
+  swiglu_backward_cpu(dgu.data(), dout.data(), gate_up.data(), n, f);
+  swiglu_backward_cuda(d_dgu.data(), d_dout.data(), d_gate_up.data(), n, f, stream_);
+  expect_close("swiglu d_gate_up", dgu, download(d_dgu), 1e-5, 1e-5);
+}
+
+TEST_F(CudaOps, LinearNnOrientation) {
+  const int n = 45, d_in = 37, d_out = 29;
+  const auto x = randn(static_cast<size_t>(n) * d_in, 150);
+  const auto w = randn(static_cast<size_t>(d_out) * d_in, 151, 0.2f);  // [d_out, d_in]
+  const auto bias = randn(d_out, 152);
+  auto d_x = upload(x);
+  auto d_w = upload(w);
+  auto d_bias = upload(bias);
+  for (const bool with_bias : {true, false}) {
+    std::vector<float> y(static_cast<size_t>(n) * d_out);
+    linear_forward_cpu(y.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, n, d_in,
+                       d_out);
+    cuda::DeviceBuffer<float> d_y(y.size());
+    linear_forward_cuda(d_y.data(), d_x.data(), d_w.data(), with_bias ? d_bias.data() : nullptr, n,
+                        d_in, d_out, stream_);
+    expect_close(with_bias ? "linear y (bias)" : "linear y (no bias)", y, download(d_y), 1e-4, 1e-4);
+  }
+
+  const auto dy = randn(static_cast<size_t>(n) * d_out, 153);
+  auto dx = randn(x.size(), 154);
+  auto dw = randn(w.size(), 155);
+  auto dbias = randn(d_out, 156);
+  auto d_dy = upload(dy);
+  auto d_dx = upload(dx);
+  auto d_dw = upload(dw);
+  auto d_dbias = upload(dbias);
+  linear_backward_cpu(dx.data(), dw.data(), dbias.data(), dy.data(), x.data(), w.data(), n, d_in,
+                      d_out);
+  linear_backward_cuda(d_dx.data(), d_dw.data(), d_dbias.data(), d_dy.data(), d_x.data(), d_w.data(),
+                       n, d_in, d_out, stream_);
+  expect_close("linear dx", dx, download(d_dx), 1e-4, 1e-4);
+  expect_close("linear dw", dw, download(d_dw), 1e-4, 1e-4);
+  expect_close("linear dbias", dbias, download(d_dbias), 1e-4, 1e-4);
+
+  // Frozen weight: dx only.
+  linear_backward_cpu(dx.data(), nullptr, nullptr, dy.data(), x.data(), w.data(), n, d_in, d_out);
+  linear_backward_cuda(d_dx.data(), nullptr, nullptr, d_dy.data(), d_x.data(), d_w.data(), n, d_in,
+                       d_out, stream_);
+  expect_close("linear dx (frozen)", dx, download(d_dx), 1e-4, 1e-4);
+  expect_close("linear dw untouched", dw, download(d_dw), 1e-4, 1e-4);
+}
+
+TEST_F(CudaOps, CrossEntropyMeanOverUnmaskedRows) {
+  const int n = 3000;  // more rows than the block has threads
+  const auto losses = randn(n, 160, 1.0f, 3.0f);
+  auto targets = random_ids(n, 161, 50);
+  long n_unmasked = n;
+  for (int i = 0; i < n; i += 7) {
+    targets[i] = -1;
+    --n_unmasked;
+  }
+  float mean = 0.0f;
+  double sum = 0.25;  // accumulates
+  cross_entropy_mean_cpu(&mean, &sum, losses.data(), targets.data(), n, n_unmasked);
+  auto d_losses = upload(losses);
+  auto d_targets = upload(targets);
+  cuda::DeviceBuffer<float> d_mean(1);
+  auto d_sum = upload(std::vector<double>{0.25});
+  cross_entropy_mean_cuda(d_mean.data(), d_sum.data(), d_losses.data(), d_targets.data(), n,
+                          n_unmasked, stream_);
+  EXPECT_NEAR(download(d_mean)[0], mean, 1e-6 * std::fabs(mean));
+  EXPECT_NEAR(download(d_sum)[0], sum, 1e-6 * std::fabs(sum));
+  // Every row masked: mean 0, nothing added.
+  const std::vector<int32_t> masked(n, -1);
+  auto d_masked = upload(masked);
+  cross_entropy_mean_cuda(d_mean.data(), d_sum.data(), d_losses.data(), d_masked.data(), n, 0,
+                          stream_);
+  EXPECT_EQ(download(d_mean)[0], 0.0f);
+  EXPECT_NEAR(download(d_sum)[0], sum, 1e-6 * std::fabs(sum));
+}
+
+TEST_F(CudaOps, ClipByNormFromADeviceSum) {
+  const size_t n = 70001;
+  const auto g = randn(n, 170);
+  auto d_g = upload(g);
+  cuda::DeviceBuffer<double> d_sum(1);
+  sum_squares_cuda(d_sum.data(), d_g.data(), n, stream_);
+  const double sum = download(d_sum)[0];
+  for (const float max_norm : {0.0f, 1e9f, 10.0f}) {  // off, above the norm, clipping
+    auto want = g;
+    clip_by_norm_cpu(want.data(), n, &sum, max_norm);
+    auto d_x = upload(g);
+    clip_by_norm_cuda(d_x.data(), n, d_sum.data(), max_norm, stream_);
+    expect_equal("clip_by_norm max_norm=" + std::to_string(max_norm), want, download(d_x));
+  }
+  auto clipped = g;
+  clip_by_norm_cpu(clipped.data(), n, &sum, 10.0f);
+  EXPECT_NEAR(std::sqrt(sum_squares_cpu(clipped.data(), n)), 10.0, 1e-4);
 }
 
 TEST_F(CudaOps, Gelu) {

@@ -67,6 +67,20 @@ bool bits_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
+// Every element within float rounding of the other run's: |a - b| <= 1e-5 |a| + 4e-6 max |a|.
+// Returns an empty string when they agree, else the first element that does not.
+std::string rounding_mismatch(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return "sizes " + std::to_string(a.size()) + " and " + std::to_string(b.size());
+  double amax = 0.0;
+  for (float v : a) amax = std::max(amax, double(std::fabs(v)));
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(double(a[i]) - double(b[i]));
+    if (!(d <= 1e-5 * std::fabs(a[i]) + 4e-6 * amax))
+      return "element " + std::to_string(i) + ": " + std::to_string(a[i]) + " vs " + std::to_string(b[i]);
+  }
+  return "";
+}
+
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   double m = a.size() == b.size() ? 0.0 : INFINITY;
   for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, double(std::fabs(a[i] - b[i])));
@@ -118,10 +132,14 @@ TEST_F(Resume, KillNineAndResumeIsBitIdenticalToAnUninterruptedRun) {
 }
 
 // A checkpoint written before the model family existed (format version 1, by the lora binary of
-// that time; tests/data/checkpoints/v1) resumes with this binary, and steps 4-6 land bit for bit on
-// the adapters and AdamW moments that binary wrote at step 6 (dropout and gradient accumulation
-// on), so neither the model refactoring nor the masked-loss normalisation changed GPT-2's math.
-TEST_F(Resume, VersionOneCheckpointResumesToTheSameBits) {
+// that time; tests/data/checkpoints/v1) resumes with this binary, and steps 4-6 land on the
+// adapters and AdamW moments that binary wrote at step 6 (dropout and gradient accumulation on),
+// so neither the model refactoring nor the masked-loss normalisation changed GPT-2's math. Within
+// float rounding, not bit for bit: the bits depend on the CPU the fixture was written on (the
+// vector width -march=native gives our reductions, the sgemm kernel OpenBLAS picks for the CPU);
+// on one machine, resuming is bit-exact (the other tests here). A changed formula moves the
+// moments by far more than rounding (a loss scaled by 2 scales m by 2 and v by 4).
+TEST_F(Resume, VersionOneCheckpointResumesToTheSameMath) {
   const std::string data = std::string(LORA_TEST_DATA) + "/checkpoints/v1";
   const std::string out = *dir_ / "v1";
   fs::create_directories(out + "/checkpoints");
@@ -135,9 +153,9 @@ TEST_F(Resume, VersionOneCheckpointResumesToTheSameBits) {
   const CheckpointState want = read_checkpoint(data + "/ckpt-6.h5");
   const CheckpointState got = read_checkpoint(out + "/checkpoints/ckpt-6.h5");
   EXPECT_EQ(got.step, 6);
-  EXPECT_TRUE(bits_equal(want.params, got.params));
-  EXPECT_TRUE(bits_equal(want.adam_m, got.adam_m));
-  EXPECT_TRUE(bits_equal(want.adam_v, got.adam_v));
+  EXPECT_EQ(rounding_mismatch(want.params, got.params), "") << "adapters";
+  EXPECT_EQ(rounding_mismatch(want.adam_m, got.adam_m), "") << "AdamW m";
+  EXPECT_EQ(rounding_mismatch(want.adam_v, got.adam_v), "") << "AdamW v";
   EXPECT_EQ(want.tokens_seen, got.tokens_seen);
 }
 

@@ -35,6 +35,7 @@
 #include "core/ops/rmsnorm.h"
 #include "core/ops/rope.h"
 #include "core/ops/swiglu.h"
+#include "core/profile.h"
 #include "core/rng.h"
 
 namespace lora {
@@ -45,7 +46,10 @@ using Buf = std::vector<float>;
 using BlockActs = BlockActivations<Buf>;
 using LoraActs = LoraActivations<Buf>;
 
-void zero(Buf& b) { std::fill(b.begin(), b.end(), 0.0f); }
+void zero(Buf& b) {
+  prof::Scope scope(prof::Op::kFill);
+  std::fill(b.begin(), b.end(), 0.0f);
+}
 
 }  // namespace
 
@@ -106,6 +110,7 @@ class CpuOptimizer final : public TrainableOptimizer {
   CpuOptimizer(TransformerModel& model, const ops::AdamWParams& hp)
       : model_(model), adamw_(model.n_trainable(), hp) {}
   void step(float lr, float max_norm) override {
+    prof::Scope scope(prof::Op::kOptimizer);
     norm_ = clip_grad_norm(model_.trainable_grads(), model_.n_trainable(), max_norm);
     adamw_.update(model_.trainable_params(), model_.trainable_grads(), lr);
   }
@@ -200,6 +205,7 @@ namespace {
 // y = x W^T + b (nn.Linear).
 void base_forward(const ModelSpec& s, float* y, const float* x, const float* w, const float* bias,
                   int n, int d_in, int d_out) {
+  prof::Scope scope(prof::Op::kLinear);
   if (s.conv1d) {
     ops::matmul_forward_cpu(y, x, w, bias, n, d_in, d_out);
   } else {
@@ -207,17 +213,20 @@ void base_forward(const ModelSpec& s, float* y, const float* x, const float* w, 
   }
 }
 
+// dx = ... (written, not accumulated).
 void base_backward(const ModelSpec& s, float* dx, float* dw, float* dbias, const float* dy,
                    const float* x, const float* w, int n, int d_in, int d_out) {
+  prof::Scope scope(prof::Op::kLinear);
   if (s.conv1d) {
-    ops::matmul_backward_cpu(dx, dw, dbias, dy, x, w, n, d_in, d_out);
+    ops::matmul_backward_cpu(dx, dw, dbias, dy, x, w, n, d_in, d_out, /*overwrite_dx=*/true);
   } else {
-    ops::linear_backward_cpu(dx, dw, dbias, dy, x, w, n, d_in, d_out);
+    ops::linear_backward_cpu(dx, dw, dbias, dy, x, w, n, d_in, d_out, /*overwrite_dx=*/true);
   }
 }
 
 void norm_forward(const ModelSpec& s, float* y, float* mean, float* rstd, const float* x,
                   const float* w, const float* b, int n, int c) {
+  prof::Scope scope(prof::Op::kNorm);
   if (s.norm == NormKind::kLayerNorm) {
     ops::layernorm_forward_cpu(y, mean, rstd, x, w, b, n, c);
   } else {
@@ -229,6 +238,7 @@ void norm_forward(const ModelSpec& s, float* y, float* mean, float* rstd, const 
 void norm_backward(const ModelSpec& s, float* dx, float* dw, float* db, const float* dy,
                    const float* x, const float* w, const float* mean, const float* rstd, int n,
                    int c) {
+  prof::Scope scope(prof::Op::kNorm);
   if (s.norm == NormKind::kLayerNorm) {
     ops::layernorm_backward_cpu(dx, dw, db, dy, x, w, mean, rstd, n, c);
   } else {
@@ -272,17 +282,22 @@ float TransformerModel::forward(const int32_t* tokens, const int32_t* targets, i
       LoraActs& la = b.lora[static_cast<int>(m->target)];
       const float* x_in = x;
       if (dropout) {
+        prof::Scope scope(prof::Op::kDropout);
         ops::dropout_forward_cpu(la.x_drop.data(), x, a.row_ids.data(), lspec->dropout,
                                  a.dropout_seed, m->dropout_stream(), BT, d_in);
         x_in = la.x_drop.data();
       }
+      prof::Scope scope(prof::Op::kLora);
       ops::lora_forward_cpu(y + m->col_offset, la.h.data(), x_in, lora_.data() + m->a_offset,
                             lora_.data() + m->b_offset, m->scaling, BT, d_in, m->rank, m->d_out,
                             m->ld_out);
     }
   };
 
-  ops::embedding_forward_cpu(a.encoded.data(), a.tokens.data(), p.wte, p.wpe, B, T, C, V);
+  {
+    prof::Scope scope(prof::Op::kEmbedding);
+    ops::embedding_forward_cpu(a.encoded.data(), a.tokens.data(), p.wte, p.wpe, B, T, C, V);
+  }
   const float* x = a.encoded.data();
   for (int l = 0; l < s.n_layer; ++l) {
     BlockActs& b = a.blocks[l];
@@ -290,32 +305,51 @@ float TransformerModel::forward(const int32_t* tokens, const int32_t* targets, i
     norm_forward(s, b.ln1_out.data(), b.ln1_mean.data(), b.ln1_rstd.data(), x, w.norm1_w,
                  w.norm1_b, BT, C);
     linear(b.qkv.data(), b.ln1_out.data(), w.qkv_w, w.qkv_b, C, QKV, l, BlockLinear::kAttnIn, b);
-    if (s.positions == PositionKind::kRope)
+    if (s.positions == PositionKind::kRope) {
+      prof::Scope scope(prof::Op::kRope);
       ops::rope_forward_cpu(b.qkv.data(), rope_cos_.data(), rope_sin_.data(), B, T, NH, NKV, HD);
-    ops::attention_forward_cpu(b.att_out.data(), b.att_probs.data(), b.qkv.data(), B, T, NH, NKV,
-                               HD);
+    }
+    {
+      prof::Scope scope(prof::Op::kAttention);
+      ops::attention_forward_cpu(b.att_out.data(), b.att_probs.data(), b.qkv.data(), B, T, NH, NKV,
+                                 HD);
+    }
     linear(a.scratch.data(), b.att_out.data(), w.o_w, w.o_b, Q, C, l, BlockLinear::kAttnOut, b);
-    ops::residual_forward_cpu(b.res1.data(), x, a.scratch.data(), static_cast<size_t>(BT) * C);
+    {
+      prof::Scope scope(prof::Op::kResidual);
+      ops::residual_forward_cpu(b.res1.data(), x, a.scratch.data(), static_cast<size_t>(BT) * C);
+    }
     norm_forward(s, b.ln2_out.data(), b.ln2_mean.data(), b.ln2_rstd.data(), b.res1.data(),
                  w.norm2_w, w.norm2_b, BT, C);
     linear(b.fc_out.data(), b.ln2_out.data(), w.up_w, w.up_b, C, M, l, BlockLinear::kMlpIn, b);
     if (s.mlp == MlpKind::kGeluTanh) {
+      prof::Scope scope(prof::Op::kActivation);
       ops::gelu_forward_cpu(b.act_out.data(), b.fc_out.data(), static_cast<size_t>(BT) * F);
     } else {
+      prof::Scope scope(prof::Op::kActivation);
       ops::swiglu_forward_cpu(b.act_out.data(), b.fc_out.data(), BT, F);
     }
     linear(a.scratch.data(), b.act_out.data(), w.down_w, w.down_b, F, C, l, BlockLinear::kMlpOut,
            b);
-    ops::residual_forward_cpu(b.res2.data(), b.res1.data(), a.scratch.data(),
-                              static_cast<size_t>(BT) * C);
+    {
+      prof::Scope scope(prof::Op::kResidual);
+      ops::residual_forward_cpu(b.res2.data(), b.res1.data(), a.scratch.data(),
+                                static_cast<size_t>(BT) * C);
+    }
     x = b.res2.data();
   }
   norm_forward(s, a.lnf_out.data(), a.lnf_mean.data(), a.lnf_rstd.data(), x, p.normf_w, p.normf_b,
                BT, C);
-  ops::lm_head_forward_cpu(a.logits.data(), a.lnf_out.data(), p.lm_head, BT, C, V);
+  {
+    prof::Scope scope(prof::Op::kHead);
+    ops::lm_head_forward_cpu(a.logits.data(), a.lnf_out.data(), p.lm_head, BT, C, V);
+  }
   n_targets_ = 0;
   if (!targets) return 0.0f;
-  ops::cross_entropy_forward_cpu(a.losses.data(), a.logits.data(), a.targets.data(), BT, V);
+  {
+    prof::Scope scope(prof::Op::kLoss);
+    ops::cross_entropy_forward_cpu(a.losses.data(), a.logits.data(), a.targets.data(), BT, V);
+  }
   double sum = 0.0;
   for (int i = 0; i < BT; ++i) {
     if (a.targets[i] < 0) continue;
@@ -345,7 +379,8 @@ void TransformerModel::backward(float loss_scale, const GradReadyFn& ready) {
     if (ready && end > begin) ready(begin, end - begin);
   };
 
-  // Backward of one linear with its adapters. dy: gradient of y; dx (may be null): += input grad.
+  // Backward of one linear with its adapters. dy: gradient of y; dx (may be null): the input
+  // gradient, written (the base product overwrites it, the adapters add to it).
   auto linear_backward = [&](float* dx, float* dw, float* dbias, const float* dy, const float* x,
                              const float* w, int d_in, int d_out, int layer, BlockLinear which,
                              BlockActs& b) {
@@ -358,6 +393,7 @@ void TransformerModel::backward(float loss_scale, const GradReadyFn& ready) {
       float* da = lora_grads_.data() + m->a_offset;
       float* db = lora_grads_.data() + m->b_offset;
       const float* dy_m = dy + m->col_offset;
+      prof::Scope scope(prof::Op::kLora);
       if (dropout) {
         float* dxd = dx ? a.d_xdrop.data() : nullptr;
         if (dxd) std::fill(dxd, dxd + static_cast<size_t>(BT) * d_in, 0.0f);
@@ -375,10 +411,15 @@ void TransformerModel::backward(float loss_scale, const GradReadyFn& ready) {
 
   // Loss: mean over the unmasked positions, times loss_scale. dlogits overwrite the logits.
   const float dloss = n_targets_ > 0 ? loss_scale / static_cast<float>(n_targets_) : 0.0f;
-  ops::cross_entropy_backward_cpu(a.logits.data(), a.logits.data(), a.targets.data(), dloss, BT, V);
-  zero(a.d_ln);
-  ops::lm_head_backward_cpu(a.d_ln.data(), full ? g.lm_head : nullptr, a.logits.data(),
-                            a.lnf_out.data(), p.lm_head, BT, C, V);
+  {
+    prof::Scope scope(prof::Op::kLoss);
+    ops::cross_entropy_backward_cpu(a.logits.data(), a.logits.data(), a.targets.data(), dloss, BT, V);
+  }
+  {
+    prof::Scope scope(prof::Op::kHead);
+    ops::lm_head_backward_cpu(a.d_ln.data(), full ? g.lm_head : nullptr, a.logits.data(),
+                              a.lnf_out.data(), p.lm_head, BT, C, V, /*overwrite_dx=*/true);
+  }
   zero(a.d_res);
   const float* x_last = a.blocks[s.n_layer - 1].res2.data();
   norm_backward(s, a.d_res.data(), full ? g.normf_w : nullptr, full ? g.normf_b : nullptr,
@@ -395,32 +436,34 @@ void TransformerModel::backward(float loss_scale, const GradReadyFn& ready) {
     const bool need_dx = full || l > 0;
 
     // MLP branch: d_res holds dL/dx2 = dL/dq (residual) and flows on to x1 unchanged.
-    zero(a.d_act);
     linear_backward(a.d_act.data(), gw.down_w, gw.down_b, a.d_res.data(), b.act_out.data(),
                     w.down_w, F, C, l, BlockLinear::kMlpOut, b);
-    zero(a.d_fc);
     if (s.mlp == MlpKind::kGeluTanh) {
-      ops::gelu_backward_cpu(a.d_fc.data(), a.d_act.data(), b.fc_out.data(),
+      prof::Scope scope(prof::Op::kActivation);
+      ops::gelu_backward_write_cpu(a.d_fc.data(), a.d_act.data(), b.fc_out.data(),
                              static_cast<size_t>(BT) * F);
     } else {
-      ops::swiglu_backward_cpu(a.d_fc.data(), a.d_act.data(), b.fc_out.data(), BT, F);
+      prof::Scope scope(prof::Op::kActivation);
+      ops::swiglu_backward_write_cpu(a.d_fc.data(), a.d_act.data(), b.fc_out.data(), BT, F);
     }
-    zero(a.d_ln);
     linear_backward(a.d_ln.data(), gw.up_w, gw.up_b, a.d_fc.data(), b.ln2_out.data(), w.up_w, C, M,
                     l, BlockLinear::kMlpIn, b);
     norm_backward(s, a.d_res.data(), gw.norm2_w, gw.norm2_b, a.d_ln.data(), b.res1.data(),
                   w.norm2_w, b.ln2_mean.data(), b.ln2_rstd.data(), BT, C);
 
     // Attention branch: d_res now holds dL/dx1.
-    zero(a.d_att);
     linear_backward(a.d_att.data(), gw.o_w, gw.o_b, a.d_res.data(), b.att_out.data(), w.o_w, Q, C,
                     l, BlockLinear::kAttnOut, b);
     zero(a.d_qkv);
-    ops::attention_backward_cpu(a.d_qkv.data(), a.d_att.data(), b.qkv.data(), b.att_probs.data(),
-                                B, T, NH, NKV, HD);
-    if (s.positions == PositionKind::kRope)
+    {
+      prof::Scope scope(prof::Op::kAttention);
+      ops::attention_backward_cpu(a.d_qkv.data(), a.d_att.data(), b.qkv.data(), b.att_probs.data(),
+                                  B, T, NH, NKV, HD);
+    }
+    if (s.positions == PositionKind::kRope) {
+      prof::Scope scope(prof::Op::kRope);
       ops::rope_backward_cpu(a.d_qkv.data(), rope_cos_.data(), rope_sin_.data(), B, T, NH, NKV, HD);
-    if (need_dx) zero(a.d_ln);
+    }
     linear_backward(need_dx ? a.d_ln.data() : nullptr, gw.qkv_w, gw.qkv_b, a.d_qkv.data(),
                     b.ln1_out.data(), w.qkv_w, C, QKV, l, BlockLinear::kAttnIn, b);
     if (need_dx) {
@@ -435,7 +478,10 @@ void TransformerModel::backward(float loss_scale, const GradReadyFn& ready) {
     }
   }
   if (full) {
-    ops::embedding_backward_cpu(g.wte, g.wpe, a.d_res.data(), a.tokens.data(), B, T, C, V);
+    {
+      prof::Scope scope(prof::Op::kEmbedding);
+      ops::embedding_backward_cpu(g.wte, g.wpe, a.d_res.data(), a.tokens.data(), B, T, C, V);
+    }
     notify(0, layout_.embeddings_end());
   }
 }

@@ -9,16 +9,22 @@
 //   backward, with dO = dout[b, :, head h] (accumulates into dqkv):
 //     dV += P^T dO;   dP = dO V^T;   dS = P * (dP - rowsum(P * dP)) / sqrt(hs)
 //     dQ += dS K;     dK += dS^T Q
-// Row-wise softmax work is parallel over rows (OpenMP); the products use OpenBLAS's own threads.
+// With at least as many (batch, head) pairs as threads, the pairs run in parallel (OpenMP), each
+// pair's products single-threaded (the OpenMP OpenBLAS runs one thread inside a parallel region):
+// many small products keep every thread busy, where threading each small product would not.
+// Otherwise the pairs run one after another, the products on OpenBLAS's threads and the softmax
+// rows in parallel. Backward runs in parallel over (batch, key/value head), so the query heads that
+// share a key/value head (grouped-query attention) add into its dK and dV on one thread.
 #include "core/ops/attention.h"
 
-#include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <vector>
 
+#include "core/ops/sgemm.h"
 #include "core/ops/vec_math.h"
 
 namespace lora::ops {
@@ -37,45 +43,46 @@ void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch
   const int T = n_seq, hs = head_dim, C = n_head * hs, group = n_head / n_kv_head;
   const int ld = (n_head + 2 * n_kv_head) * hs;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  for (int b = 0; b < n_batch; ++b) {
-    for (int h = 0; h < n_head; ++h) {
-      const int kvh = h / group;
-      const float* row0 = qkv + static_cast<size_t>(b) * T * ld;
-      const float* q = row0 + static_cast<size_t>(h) * hs;
-      const float* k = row0 + static_cast<size_t>(n_head + kvh) * hs;
-      const float* v = row0 + static_cast<size_t>(n_head + n_kv_head + kvh) * hs;
-      float* p = att + (static_cast<size_t>(b) * n_head + h) * T * T;
-      float* o = out + static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;
-      for (int r0 = 0; r0 < T; r0 += kBlock) {
-        const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
-                    q + static_cast<size_t>(r0) * ld, ld, k, ld, 0.0f,
-                    p + static_cast<size_t>(r0) * T, T);
-      }
-#pragma omp parallel for schedule(static) if (T >= 256)
-      for (int t = 0; t < T; ++t) {
-        float* s = p + static_cast<size_t>(t) * T;
-        const int n = t + 1;
-        float m = s[0];
-        for (int u = 1; u < n; ++u) m = s[u] > m ? s[u] : m;
-        float sum = 0.0f;
+  const int pairs = n_batch * n_head;
+  const bool parallel_pairs = pairs >= omp_get_max_threads() && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(dynamic) if (parallel_pairs)
+  for (int bh = 0; bh < pairs; ++bh) {
+    const int b = bh / n_head, h = bh % n_head;
+    const int kvh = h / group;
+    const float* row0 = qkv + static_cast<size_t>(b) * T * ld;
+    const float* q = row0 + static_cast<size_t>(h) * hs;
+    const float* k = row0 + static_cast<size_t>(n_head + kvh) * hs;
+    const float* v = row0 + static_cast<size_t>(n_head + n_kv_head + kvh) * hs;
+    float* p = att + (static_cast<size_t>(b) * n_head + h) * T * T;
+    float* o = out + static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;
+    for (int r0 = 0; r0 < T; r0 += kBlock) {
+      const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
+      sgemm(false, true, rows, keys, hs, scale, q + static_cast<size_t>(r0) * ld, ld, k, ld, 0.0f,
+            p + static_cast<size_t>(r0) * T, T);
+    }
+#pragma omp parallel for schedule(static) if (!parallel_pairs && T >= 256)
+    for (int t = 0; t < T; ++t) {
+      float* s = p + static_cast<size_t>(t) * T;
+      const int n = t + 1;
+      float m = s[0];
+#pragma omp simd reduction(max : m)
+      for (int u = 1; u < n; ++u) m = s[u] > m ? s[u] : m;
+      float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-        for (int u = 0; u < n; ++u) {
-          const float e = detail::exp_approx(s[u] - m);
-          s[u] = e;
-          sum += e;
-        }
-        const float inv = 1.0f / sum;
+      for (int u = 0; u < n; ++u) {
+        const float e = detail::exp_approx(s[u] - m);
+        s[u] = e;
+        sum += e;
+      }
+      const float inv = 1.0f / sum;
 #pragma omp simd
-        for (int u = 0; u < n; ++u) s[u] *= inv;
-        std::fill(s + n, s + T, 0.0f);
-      }
-      for (int r0 = 0; r0 < T; r0 += kBlock) {
-        const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
-                    p + static_cast<size_t>(r0) * T, T, v, ld, 0.0f,
-                    o + static_cast<size_t>(r0) * C, C);
-      }
+      for (int u = 0; u < n; ++u) s[u] *= inv;
+      std::fill(s + n, s + T, 0.0f);
+    }
+    for (int r0 = 0; r0 < T; r0 += kBlock) {
+      const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
+      sgemm(false, false, rows, hs, keys, 1.0f, p + static_cast<size_t>(r0) * T, T, v, ld, 0.0f,
+            o + static_cast<size_t>(r0) * C, C);
     }
   }
 }
@@ -87,10 +94,17 @@ void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, co
   const int T = n_seq, hs = head_dim, C = n_head * hs, group = n_head / n_kv_head;
   const int ld = (n_head + 2 * n_kv_head) * hs;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
-  std::vector<float> ds(static_cast<size_t>(T) * T);  // dP, then dS, in place
-  for (int b = 0; b < n_batch; ++b) {
-    for (int h = 0; h < n_head; ++h) {
-      const int kvh = h / group;
+  const int pairs = n_batch * n_kv_head;
+  const int threads = omp_get_max_threads();
+  const bool parallel_pairs = pairs >= threads && threads > 1;
+  // dP, then dS, in place: one T x T scratch per thread.
+  std::vector<float> scratch(static_cast<size_t>(parallel_pairs ? threads : 1) * T * T);
+#pragma omp parallel for schedule(dynamic) if (parallel_pairs)
+  for (int bkv = 0; bkv < pairs; ++bkv) {
+    const int b = bkv / n_kv_head, kvh = bkv % n_kv_head;
+    float* ds =
+        scratch.data() + (parallel_pairs ? static_cast<size_t>(omp_get_thread_num()) * T * T : 0);
+    for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
       const size_t row0 = static_cast<size_t>(b) * T * ld;
       const size_t q_col = static_cast<size_t>(h) * hs;
       const size_t k_col = static_cast<size_t>(n_head + kvh) * hs;
@@ -106,18 +120,16 @@ void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, co
       for (int r0 = 0; r0 < T; r0 += kBlock) {
         const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
         // dV[0:keys] += P[r0 block, 0:keys]^T dO[r0 block]
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hs, rows, 1.0f,
-                    p + static_cast<size_t>(r0) * T, T, g + static_cast<size_t>(r0) * C, C, 1.0f,
-                    dv, ld);
+        sgemm(true, false, keys, hs, rows, 1.0f, p + static_cast<size_t>(r0) * T, T,
+              g + static_cast<size_t>(r0) * C, C, 1.0f, dv, ld);
         // dP[r0 block, 0:keys] = dO[r0 block] V[0:keys]^T
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, 1.0f,
-                    g + static_cast<size_t>(r0) * C, C, v, ld, 0.0f,
-                    ds.data() + static_cast<size_t>(r0) * T, T);
+        sgemm(false, true, rows, keys, hs, 1.0f, g + static_cast<size_t>(r0) * C, C, v, ld, 0.0f,
+              ds + static_cast<size_t>(r0) * T, T);
       }
-#pragma omp parallel for schedule(static) if (T >= 256)
+#pragma omp parallel for schedule(static) if (!parallel_pairs && T >= 256)
       for (int t = 0; t < T; ++t) {
         const float* pt = p + static_cast<size_t>(t) * T;
-        float* dst = ds.data() + static_cast<size_t>(t) * T;
+        float* dst = ds + static_cast<size_t>(t) * T;
         const int n = t + 1;
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
@@ -130,13 +142,11 @@ void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, co
       for (int r0 = 0; r0 < T; r0 += kBlock) {
         const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
         // dQ[r0 block] += dS[r0 block, 0:keys] K[0:keys]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
-                    ds.data() + static_cast<size_t>(r0) * T, T, k, ld, 1.0f,
-                    dq + static_cast<size_t>(r0) * ld, ld);
+        sgemm(false, false, rows, hs, keys, 1.0f, ds + static_cast<size_t>(r0) * T, T, k, ld, 1.0f,
+              dq + static_cast<size_t>(r0) * ld, ld);
         // dK[0:keys] += dS[r0 block, 0:keys]^T Q[r0 block]
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hs, rows, 1.0f,
-                    ds.data() + static_cast<size_t>(r0) * T, T, q + static_cast<size_t>(r0) * ld, ld,
-                    1.0f, dk, ld);
+        sgemm(true, false, keys, hs, rows, 1.0f, ds + static_cast<size_t>(r0) * T, T,
+              q + static_cast<size_t>(r0) * ld, ld, 1.0f, dk, ld);
       }
     }
   }

@@ -1,6 +1,7 @@
 // GELU, tanh form (GPT-2's "gelu_new"):
 //   y = 0.5 x (1 + tanh( sqrt(2/pi) (x + 0.044715 x^3) ))
-// Shapes: x, y, dx, dy [n]. Backward accumulates (+=) into dx.
+// Shapes: x, y, dx, dy [n]. Backward accumulates (+=) into dx; the _write form overwrites dx
+// (no need to clear it first).
 #pragma once
 
 #include <cstddef>
@@ -12,6 +13,7 @@ namespace lora::ops {
 
 void gelu_forward_cpu(float* y, const float* x, size_t n);
 void gelu_backward_cpu(float* dx, const float* dy, const float* x, size_t n);
+void gelu_backward_write_cpu(float* dx, const float* dy, const float* x, size_t n);
 
 #ifdef LORA_WITH_CUDA
 void gelu_forward_cuda(float* y, const float* x, size_t n, cudaStream_t stream);

@@ -6,14 +6,14 @@
 //            dx += dy W;    dw += dy^T x;  dbias += column sums of dy
 //   lm_head: y[n, vocab] = x[n, c] E[vocab, c]^T
 //            dx += dy E;    dE += dy^T x
-// Gradients accumulate (sgemm with beta = 1); a null gradient pointer is not computed.
+// Gradients accumulate (sgemm with beta = 1) unless overwrite_dx asks dx to be written; a null
+// gradient pointer is not computed.
 #include "core/ops/matmul.h"
-
-#include <cblas.h>
 
 #include <algorithm>
 #include <cstddef>
 
+#include "core/ops/sgemm.h"
 
 namespace lora::ops {
 namespace {
@@ -53,21 +53,16 @@ void matmul_forward_cpu(float* y, const float* x, const float* w, const float* b
                         int d_out) {
   detail::check_matmul_forward_args(y, x, w, n, d_in, d_out);
   const float beta = fill_bias_rows(y, bias, n, d_out) ? 1.0f : 0.0f;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d_out, d_in, 1.0f, x, d_in, w, d_out,
-              beta, y, d_out);
+  sgemm(false, false, n, d_out, d_in, 1.0f, x, d_in, w, d_out, beta, y, d_out);
 }
 
 void matmul_backward_cpu(float* dx, float* dw, float* dbias, const float* dy, const float* x,
-                         const float* w, int n, int d_in, int d_out) {
+                         const float* w, int n, int d_in, int d_out, bool overwrite_dx) {
   detail::check_matmul_backward_args(dx, dw, dy, x, w, n, d_in, d_out);
-  if (dx != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d_in, d_out, 1.0f, dy, d_out, w, d_out,
-                1.0f, dx, d_in);
-  }
-  if (dw != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d_in, d_out, n, 1.0f, x, d_in, dy, d_out,
-                1.0f, dw, d_out);
-  }
+  if (dx != nullptr)
+    sgemm(false, true, n, d_in, d_out, 1.0f, dy, d_out, w, d_out, overwrite_dx ? 0.0f : 1.0f, dx,
+          d_in);
+  if (dw != nullptr) sgemm(true, false, d_in, d_out, n, 1.0f, x, d_in, dy, d_out, 1.0f, dw, d_out);
   if (dbias != nullptr) bias_backward(dbias, dy, n, d_out);
 }
 
@@ -75,41 +70,30 @@ void linear_forward_cpu(float* y, const float* x, const float* w, const float* b
                         int d_out) {
   detail::check_matmul_forward_args(y, x, w, n, d_in, d_out);
   const float beta = fill_bias_rows(y, bias, n, d_out) ? 1.0f : 0.0f;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d_out, d_in, 1.0f, x, d_in, w, d_in,
-              beta, y, d_out);
+  sgemm(false, true, n, d_out, d_in, 1.0f, x, d_in, w, d_in, beta, y, d_out);
 }
 
 void linear_backward_cpu(float* dx, float* dw, float* dbias, const float* dy, const float* x,
-                         const float* w, int n, int d_in, int d_out) {
+                         const float* w, int n, int d_in, int d_out, bool overwrite_dx) {
   detail::check_matmul_backward_args(dx, dw, dy, x, w, n, d_in, d_out);
-  if (dx != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d_in, d_out, 1.0f, dy, d_out, w,
-                d_in, 1.0f, dx, d_in);
-  }
-  if (dw != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d_out, d_in, n, 1.0f, dy, d_out, x, d_in,
-                1.0f, dw, d_in);
-  }
+  if (dx != nullptr)
+    sgemm(false, false, n, d_in, d_out, 1.0f, dy, d_out, w, d_in, overwrite_dx ? 0.0f : 1.0f, dx,
+          d_in);
+  if (dw != nullptr) sgemm(true, false, d_out, d_in, n, 1.0f, dy, d_out, x, d_in, 1.0f, dw, d_in);
   if (dbias != nullptr) bias_backward(dbias, dy, n, d_out);
 }
 
 void lm_head_forward_cpu(float* y, const float* x, const float* e, int n, int c, int vocab) {
   detail::check_lm_head_forward_args(y, x, e, n, c, vocab);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, vocab, c, 1.0f, x, c, e, c, 0.0f, y,
-              vocab);
+  sgemm(false, true, n, vocab, c, 1.0f, x, c, e, c, 0.0f, y, vocab);
 }
 
 void lm_head_backward_cpu(float* dx, float* de, const float* dy, const float* x, const float* e,
-                          int n, int c, int vocab) {
+                          int n, int c, int vocab, bool overwrite_dx) {
   detail::check_lm_head_backward_args(dx, de, dy, x, e, n, c, vocab);
-  if (dx != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c, vocab, 1.0f, dy, vocab, e, c,
-                1.0f, dx, c);
-  }
-  if (de != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, vocab, c, n, 1.0f, dy, vocab, x, c, 1.0f,
-                de, c);
-  }
+  if (dx != nullptr)
+    sgemm(false, false, n, c, vocab, 1.0f, dy, vocab, e, c, overwrite_dx ? 0.0f : 1.0f, dx, c);
+  if (de != nullptr) sgemm(true, false, vocab, c, n, 1.0f, dy, vocab, x, c, 1.0f, de, c);
 }
 
 }  // namespace lora::ops

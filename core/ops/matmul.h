@@ -8,6 +8,7 @@
 // linear: nn.Linear orientation (the Llama family), W [d_out, d_in]:
 //   y = x W^T + bias;  dx += dy W;  dw[d_out, d_in] += dy^T x;  dbias += sum_i dy[i, :]
 // Any of dx, dw, dbias may be null and is then not computed (frozen weight: no dw, no dbias).
+// On the CPU, overwrite_dx = true writes dx = ... instead of accumulating (no need to clear it).
 // The CPU version calls OpenBLAS sgemm; the CUDA version cuBLAS (fp32 math, no TF32).
 #pragma once
 
@@ -19,11 +20,11 @@ namespace lora::ops {
 void matmul_forward_cpu(float* y, const float* x, const float* w, const float* bias, int n, int d_in,
                         int d_out);
 void matmul_backward_cpu(float* dx, float* dw, float* dbias, const float* dy, const float* x,
-                         const float* w, int n, int d_in, int d_out);
+                         const float* w, int n, int d_in, int d_out, bool overwrite_dx = false);
 void linear_forward_cpu(float* y, const float* x, const float* w, const float* bias, int n, int d_in,
                         int d_out);
 void linear_backward_cpu(float* dx, float* dw, float* dbias, const float* dy, const float* x,
-                         const float* w, int n, int d_in, int d_out);
+                         const float* w, int n, int d_in, int d_out, bool overwrite_dx = false);
 
 #ifdef LORA_WITH_CUDA
 void matmul_forward_cuda(float* y, const float* x, const float* w, const float* bias, int n, int d_in,
@@ -71,7 +72,7 @@ namespace lora::ops {
 // Backward: dx[n, c] += dy E;  dE[vocab, c] += dy^T x   (dx or dE may be null).
 void lm_head_forward_cpu(float* y, const float* x, const float* e, int n, int c, int vocab);
 void lm_head_backward_cpu(float* dx, float* de, const float* dy, const float* x, const float* e,
-                          int n, int c, int vocab);
+                          int n, int c, int vocab, bool overwrite_dx = false);
 
 #ifdef LORA_WITH_CUDA
 void lm_head_forward_cuda(float* y, const float* x, const float* e, int n, int c, int vocab,

@@ -4,6 +4,7 @@
 // Backward accumulates (+=) into d_gate_up [n, 2f]:
 //   d_gate += dout * up * silu'(g),  silu'(g) = s (1 + g (1 - s)),  s = sigmoid(g)
 //   d_up   += dout * silu(g)
+// swiglu_backward_write_cpu overwrites d_gate_up instead (no need to clear it first).
 // Shapes: out, dout [n, f]. The CUDA entry points take device pointers and run on the given
 // stream.
 #pragma once
@@ -15,6 +16,8 @@ namespace lora::ops {
 
 void swiglu_forward_cpu(float* out, const float* gate_up, int n, int f);
 void swiglu_backward_cpu(float* d_gate_up, const float* dout, const float* gate_up, int n, int f);
+void swiglu_backward_write_cpu(float* d_gate_up, const float* dout, const float* gate_up, int n,
+                               int f);
 
 #ifdef LORA_WITH_CUDA
 void swiglu_forward_cuda(float* out, const float* gate_up, int n, int f, cudaStream_t stream);

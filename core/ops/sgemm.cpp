@@ -1,0 +1,34 @@
+#include "core/ops/sgemm.h"
+
+#include <cblas.h>
+
+#include <atomic>
+#include <mutex>
+#include <utility>
+
+namespace lora::ops {
+namespace {
+
+std::atomic<bool> g_recording{false};
+std::mutex g_mutex;
+std::function<void(const SgemmShape&)> g_recorder;
+
+}  // namespace
+
+void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
+           const float* b, int ldb, float beta, float* c, int ldc) {
+  if (g_recording.load(std::memory_order_relaxed)) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (g_recorder) g_recorder({trans_a, trans_b, m, n, k, lda, ldb, ldc, beta == 0.0f});
+  }
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void set_sgemm_recorder(std::function<void(const SgemmShape&)> recorder) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_recording.store(static_cast<bool>(recorder), std::memory_order_relaxed);
+  g_recorder = std::move(recorder);
+}
+
+}  // namespace lora::ops

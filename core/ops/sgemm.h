@@ -1,0 +1,25 @@
+// Row-major single-precision GEMM, the one entry to the BLAS for the CPU ops:
+//   C[m, n] = alpha op(A) op(B) + beta C,  op(X) = X or X^T
+// with OpenBLAS underneath. When a recorder is installed (bench/roofline), every call's shape
+// is reported to it first, so a benchmark can time the BLAS on exactly the products a step runs.
+#pragma once
+
+#include <functional>
+
+namespace lora::ops {
+
+struct SgemmShape {
+  bool trans_a = false, trans_b = false;
+  int m = 0, n = 0, k = 0;
+  int lda = 0, ldb = 0, ldc = 0;
+  bool beta_zero = false;  // beta == 0: C is written, not read
+};
+
+void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
+           const float* b, int ldb, float beta, float* c, int ldc);
+
+// Installs (or, with an empty function, removes) the shape recorder. Calls may come from several
+// OpenMP threads at once; the recorder is called under a lock.
+void set_sgemm_recorder(std::function<void(const SgemmShape&)> recorder);
+
+}  // namespace lora::ops

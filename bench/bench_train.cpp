@@ -2,21 +2,17 @@
 // shape, warm-up steps excluded. Prints one JSON object (bench/cpu_compare.sh runs it beside the
 // PyTorch peer, bench/torch_peer.py, on the same shape, threads and batch).
 //
-//   bench_train [--layers 4] [--d-model 256] [--heads 4] [--vocab 256] [--seq 128] [--batch 8]
-//               [--rank 8] [--targets attn.qkv,attn.proj] [--mode lora|full] [--threads 1]
-//               [--steps 10] [--warmup 2]
+//   bench_train [options of bench/bench_args.h: --arch, --layers, --d-model, ..., --threads]
 #include <cblas.h>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "bench/bench_args.h"
 #include "core/model/transformer.h"
 #include "core/optimizer.h"
 #include "core/rng.h"
@@ -25,57 +21,18 @@
 using namespace lora;
 
 int main(int argc, char** argv) {
-  ModelSpec sizes = gpt2_spec(256, 128, 4, 4, 256);
-  int seq = 128, batch = 8, threads = 1, steps = 10, warmup = 2;
-  std::string mode = "lora", targets = "", arch = "gpt2";
-  LoraSpec spec;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i];
-    const char* v = argv[i + 1];
-    if (k == "--layers") sizes.n_layer = std::atoi(v);
-    else if (k == "--d-model") sizes.d_model = std::atoi(v);
-    else if (k == "--heads") sizes.n_head = std::atoi(v);
-    else if (k == "--kv-heads") sizes.n_kv_head = std::atoi(v);
-    else if (k == "--d-ff") sizes.d_ff = std::atoi(v);
-    else if (k == "--vocab") sizes.vocab_size = std::atoi(v);
-    else if (k == "--arch") arch = v;
-    else if (k == "--seq") seq = std::atoi(v);
-    else if (k == "--batch") batch = std::atoi(v);
-    else if (k == "--rank") spec.rank = std::atoi(v);
-    else if (k == "--targets") targets = v;
-    else if (k == "--mode") mode = v;
-    else if (k == "--threads") threads = std::atoi(v);
-    else if (k == "--steps") steps = std::atoi(v);
-    else if (k == "--warmup") warmup = std::atoi(v);
-    else {
-      std::fprintf(stderr, "bench_train: unknown option %s\n", k.c_str());
-      return 2;
-    }
-  }
-  sizes.max_seq_len = std::max(sizes.max_seq_len, seq);
-  const ModelSpec shape = family_spec(arch, sizes);
-  if (targets.empty()) targets = shape.is_gpt2() ? "attn.qkv,attn.proj" : "q_proj,v_proj";
-  spec.alpha = 2.0f * spec.rank;
-  spec.targets.clear();
-  std::stringstream ss(targets);
-  for (std::string t; std::getline(ss, t, ',');) {
-    if (t == "all-linear") {
-      spec.targets = family_targets(shape);
-      continue;
-    }
-    const auto target = parse_lora_target(t, shape);
-    if (!target) {
-      std::fprintf(stderr, "bench_train: unknown target %s for %s\n", t.c_str(), arch.c_str());
-      return 2;
-    }
-    spec.targets.push_back(*target);
-  }
+  bench::StepArgs args;
+  if (!bench::parse_step_args(argc, argv, "bench_train", args)) return 2;
+  const ModelSpec& shape = args.shape;
+  const int seq = args.seq, batch = args.batch, steps = args.steps, warmup = args.warmup,
+            threads = args.threads;
+  const std::string& mode = args.mode;
+  const std::string& targets = args.targets;
+  const LoraSpec& spec = args.lora;
   configure_threads(threads);
 
-  const bool full = mode == "full";
-  std::optional<LoraSpec> lspec;
-  if (!full) lspec = spec;
-  TransformerModel model(shape, full ? TrainMode::kFull : TrainMode::kLora, lspec);
+  TransformerModel model(shape, args.full() ? TrainMode::kFull : TrainMode::kLora,
+                         args.lora_spec());
   model.init_base_random(1);
   model.init_lora(2);
   AdamW opt(model.n_trainable(), ops::AdamWParams{});

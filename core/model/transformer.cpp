@@ -59,6 +59,8 @@ struct TransformerModel::Activations : ActivationBuffers<Buf> {
   size_t n_bytes = 0;                    // bytes of the float buffers
   std::vector<int32_t> tokens, targets;  // [BT]
   std::vector<uint64_t> row_ids;         // [BT] dropout row ids
+  std::vector<float> ce_max;             // [BT] the loss's row max and sum of exponentials,
+  std::vector<double> ce_sum;            //      kept for backward
   bool has_targets = false;
   ForwardOptions opts;
   uint64_t dropout_seed = 0;
@@ -196,6 +198,8 @@ void TransformerModel::ensure_activations(int B, int T) {
   a.tokens.resize(BT);
   a.targets.resize(BT);
   a.row_ids.resize(BT);
+  a.ce_max.resize(BT);
+  a.ce_sum.resize(BT);
   acts_ = std::move(fresh);
 }
 
@@ -348,7 +352,8 @@ float TransformerModel::forward(const int32_t* tokens, const int32_t* targets, i
   if (!targets) return 0.0f;
   {
     prof::Scope scope(prof::Op::kLoss);
-    ops::cross_entropy_forward_cpu(a.losses.data(), a.logits.data(), a.targets.data(), BT, V);
+    ops::cross_entropy_forward_cpu(a.losses.data(), a.logits.data(), a.targets.data(), BT, V,
+                                   a.ce_max.data(), a.ce_sum.data());
   }
   double sum = 0.0;
   for (int i = 0; i < BT; ++i) {
@@ -413,7 +418,8 @@ void TransformerModel::backward(float loss_scale, const GradReadyFn& ready) {
   const float dloss = n_targets_ > 0 ? loss_scale / static_cast<float>(n_targets_) : 0.0f;
   {
     prof::Scope scope(prof::Op::kLoss);
-    ops::cross_entropy_backward_cpu(a.logits.data(), a.logits.data(), a.targets.data(), dloss, BT, V);
+    ops::cross_entropy_backward_cpu(a.logits.data(), a.logits.data(), a.targets.data(), dloss, BT,
+                                    V, a.ce_max.data(), a.ce_sum.data());
   }
   {
     prof::Scope scope(prof::Op::kHead);

@@ -2,8 +2,8 @@
 //   forward:  loss[i] = m + log(sum_j exp(l[i, j] - m)) - l[i, t[i]],  m = max_j l[i, j]
 //   backward: dlogits[i, j] = (exp(l[i, j] - m) / sum - [j == t[i]]) * dloss   (written)
 // The exponentials are float (detail::exp_approx, vectorised), their sum is accumulated in
-// double. The backward recomputes max and sum, then overwrites the row, so dlogits may alias
-// logits. A negative target masks its row (loss 0, gradient row 0).
+// double. The backward recomputes max and sum (or takes the forward's), then overwrites the row,
+// so dlogits may alias logits. A negative target masks its row (loss 0, gradient row 0).
 // Shapes: logits, dlogits [n, vocab]; targets [n] in [0, vocab) or < 0; losses [n].
 #include "core/ops/cross_entropy.h"
 
@@ -42,7 +42,9 @@ double row_sum_exp(const float* row, float m, int vocab) {
 }  // namespace
 
 void cross_entropy_forward_cpu(float* losses, const float* logits, const int32_t* targets, int n,
-                               int vocab) {
+                               int vocab, float* row_max_out, double* row_sum_out) {
+  LORA_CHECK((row_max_out == nullptr) == (row_sum_out == nullptr),
+             "row_max and row_sum go together");
   detail::check_cross_entropy_forward_args(losses, logits, targets, n, vocab);
   check_targets(targets, n, vocab);
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) * vocab > 32768)
@@ -54,13 +56,19 @@ void cross_entropy_forward_cpu(float* losses, const float* logits, const int32_t
     const float* row = logits + static_cast<size_t>(i) * vocab;
     const float m = row_max(row, vocab);
     const double sum = row_sum_exp(row, m, vocab);
+    if (row_max_out != nullptr) {
+      row_max_out[i] = m;
+      row_sum_out[i] = sum;
+    }
     losses[i] = static_cast<float>(static_cast<double>(m) + std::log(sum) -
                                    static_cast<double>(row[targets[i]]));
   }
 }
 
 void cross_entropy_backward_cpu(float* dlogits, const float* logits, const int32_t* targets,
-                                float dloss, int n, int vocab) {
+                                float dloss, int n, int vocab, const float* row_max_in,
+                                const double* row_sum_in) {
+  LORA_CHECK((row_max_in == nullptr) == (row_sum_in == nullptr), "row_max and row_sum go together");
   detail::check_cross_entropy_backward_args(dlogits, logits, targets, dloss, n, vocab);
   check_targets(targets, n, vocab);
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) * vocab > 32768)
@@ -71,8 +79,9 @@ void cross_entropy_backward_cpu(float* dlogits, const float* logits, const int32
       std::fill(drow, drow + vocab, 0.0f);
       continue;
     }
-    const float m = row_max(row, vocab);
-    const float scale = static_cast<float>(static_cast<double>(dloss) / row_sum_exp(row, m, vocab));
+    const float m = row_max_in ? row_max_in[i] : row_max(row, vocab);
+    const double sum = row_sum_in ? row_sum_in[i] : row_sum_exp(row, m, vocab);
+    const float scale = static_cast<float>(static_cast<double>(dloss) / sum);
 #pragma omp simd
     for (int j = 0; j < vocab; ++j) drow[j] = detail::exp_approx(row[j] - m) * scale;
     drow[targets[i]] -= dloss;

@@ -24,10 +24,14 @@ namespace lora::ops {
 // The target id of a masked position (any negative id masks).
 inline constexpr int32_t kIgnoreTarget = -1;
 
+// On the CPU the forward can keep each unmasked row's max and sum of exponentials (row_max [n],
+// row_sum [n], both or neither); a backward given them skips recomputing both (two fewer passes
+// over the logits) and produces the same bits.
 void cross_entropy_forward_cpu(float* losses, const float* logits, const int32_t* targets, int n,
-                               int vocab);
+                               int vocab, float* row_max = nullptr, double* row_sum = nullptr);
 void cross_entropy_backward_cpu(float* dlogits, const float* logits, const int32_t* targets,
-                                float dloss, int n, int vocab);
+                                float dloss, int n, int vocab, const float* row_max = nullptr,
+                                const double* row_sum = nullptr);
 void cross_entropy_mean_cpu(float* mean_out, double* loss_sum, const float* losses,
                             const int32_t* targets, int n, long n_unmasked);
 

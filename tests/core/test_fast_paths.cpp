@@ -5,7 +5,8 @@
 //     give the same bits at 1, 2 and 3 threads (each slice or pair is computed alone, so the
 //     thread count must not change any sum);
 //   - the sgemm recorder sees every product with its shape;
-//   - GELU's sigmoid form equals the tanh formula.
+//   - GELU's sigmoid form equals the tanh formula;
+//   - cross-entropy backward from the forward's row statistics equals recomputing them.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -14,7 +15,9 @@
 #include <functional>
 #include <vector>
 
+#include "core/error.h"
 #include "core/ops/attention.h"
+#include "core/ops/cross_entropy.h"
 #include "core/ops/gelu.h"
 #include "core/ops/lora.h"
 #include "core/ops/matmul.h"
@@ -181,6 +184,27 @@ TEST(FastPaths, GeluSigmoidFormEqualsTheTanhFormula) {
     worst = std::max(worst, std::fabs(y[i] - ref) / (1e-3 + std::fabs(ref)));
   }
   EXPECT_LT(worst, 2e-6);
+}
+
+TEST(FastPaths, CrossEntropyBackwardFromForwardStatsIsTheSame) {
+  const int n = 40, vocab = 1000;
+  std::vector<float> logits = randn(size_t(n) * vocab, 50, 4.0f);
+  std::vector<int32_t> targets(n);
+  for (int i = 0; i < n; ++i) targets[i] = i % 7 == 3 ? kIgnoreTarget : (i * 37) % vocab;
+  std::vector<float> losses(n), losses2(n), row_max(n);
+  std::vector<double> row_sum(n);
+  cross_entropy_forward_cpu(losses.data(), logits.data(), targets.data(), n, vocab);
+  cross_entropy_forward_cpu(losses2.data(), logits.data(), targets.data(), n, vocab,
+                            row_max.data(), row_sum.data());
+  EXPECT_TRUE(same_bits(losses, losses2));
+  std::vector<float> plain(logits.size()), from_stats(logits.size());
+  cross_entropy_backward_cpu(plain.data(), logits.data(), targets.data(), 0.3f, n, vocab);
+  cross_entropy_backward_cpu(from_stats.data(), logits.data(), targets.data(), 0.3f, n, vocab,
+                             row_max.data(), row_sum.data());
+  EXPECT_TRUE(same_bits(plain, from_stats));
+  EXPECT_THROW(cross_entropy_backward_cpu(plain.data(), logits.data(), targets.data(), 0.3f, n,
+                                          vocab, row_max.data(), nullptr),
+               lora::Error);
 }
 
 }  // namespace

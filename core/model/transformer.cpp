@@ -4,7 +4,7 @@
 //   a   = norm_1(x)            qkv = a Wqkv [+ bqkv] [+ s (drop(a) A) B per q/k/v or c_attn adapter]
 //   RoPE on the q and k heads of qkv (rotary models)
 //   o   = attention(qkv)       p   = o Wo [+ bo] [+ lora]
-//   x1  = x + p
+//   x1  = x + p            (the add fused with norm_2, and x2's with the next norm)
 //   m   = norm_2(x1)           f   = m Wup [+ bup] [+ lora per gate/up or c_fc adapter]
 //   g   = gelu(f) | silu(gate) * up
 //   q   = g Wdown [+ bdown] [+ lora]
@@ -31,7 +31,6 @@
 #include "core/ops/layernorm.h"
 #include "core/ops/lora.h"
 #include "core/ops/matmul.h"
-#include "core/ops/residual.h"
 #include "core/ops/rmsnorm.h"
 #include "core/ops/rope.h"
 #include "core/ops/swiglu.h"
@@ -238,6 +237,18 @@ void norm_forward(const ModelSpec& s, float* y, float* mean, float* rstd, const 
   }
 }
 
+// x_out = a + b, then y = norm(x_out), in one pass over the rows.
+void residual_norm_forward(const ModelSpec& s, float* x_out, float* y, float* mean, float* rstd,
+                           const float* a, const float* b, const float* w, const float* bias, int n,
+                           int c) {
+  prof::Scope scope(prof::Op::kNorm);
+  if (s.norm == NormKind::kLayerNorm) {
+    ops::residual_layernorm_forward_cpu(x_out, y, mean, rstd, a, b, w, bias, n, c);
+  } else {
+    ops::residual_rmsnorm_forward_cpu(x_out, y, rstd, a, b, w, s.norm_eps, n, c);
+  }
+}
+
 // dx += ...; dw, db (may be null) += ...
 void norm_backward(const ModelSpec& s, float* dx, float* dw, float* db, const float* dy,
                    const float* x, const float* w, const float* mean, const float* rstd, int n,
@@ -303,11 +314,13 @@ float TransformerModel::forward(const int32_t* tokens, const int32_t* targets, i
     ops::embedding_forward_cpu(a.encoded.data(), a.tokens.data(), p.wte, p.wpe, B, T, C, V);
   }
   const float* x = a.encoded.data();
+  // Each residual add is fused with the norm that reads its result: the attention branch's with
+  // norm_2, the MLP branch's with the next block's norm_1 (or the final norm).
+  norm_forward(s, a.blocks[0].ln1_out.data(), a.blocks[0].ln1_mean.data(),
+               a.blocks[0].ln1_rstd.data(), x, p.layers[0].norm1_w, p.layers[0].norm1_b, BT, C);
   for (int l = 0; l < s.n_layer; ++l) {
     BlockActs& b = a.blocks[l];
     const LayerParams& w = p.layers[l];
-    norm_forward(s, b.ln1_out.data(), b.ln1_mean.data(), b.ln1_rstd.data(), x, w.norm1_w,
-                 w.norm1_b, BT, C);
     linear(b.qkv.data(), b.ln1_out.data(), w.qkv_w, w.qkv_b, C, QKV, l, BlockLinear::kAttnIn, b);
     if (s.positions == PositionKind::kRope) {
       prof::Scope scope(prof::Op::kRope);
@@ -319,12 +332,8 @@ float TransformerModel::forward(const int32_t* tokens, const int32_t* targets, i
                                  HD);
     }
     linear(a.scratch.data(), b.att_out.data(), w.o_w, w.o_b, Q, C, l, BlockLinear::kAttnOut, b);
-    {
-      prof::Scope scope(prof::Op::kResidual);
-      ops::residual_forward_cpu(b.res1.data(), x, a.scratch.data(), static_cast<size_t>(BT) * C);
-    }
-    norm_forward(s, b.ln2_out.data(), b.ln2_mean.data(), b.ln2_rstd.data(), b.res1.data(),
-                 w.norm2_w, w.norm2_b, BT, C);
+    residual_norm_forward(s, b.res1.data(), b.ln2_out.data(), b.ln2_mean.data(), b.ln2_rstd.data(),
+                          x, a.scratch.data(), w.norm2_w, w.norm2_b, BT, C);
     linear(b.fc_out.data(), b.ln2_out.data(), w.up_w, w.up_b, C, M, l, BlockLinear::kMlpIn, b);
     if (s.mlp == MlpKind::kGeluTanh) {
       prof::Scope scope(prof::Op::kActivation);
@@ -335,15 +344,18 @@ float TransformerModel::forward(const int32_t* tokens, const int32_t* targets, i
     }
     linear(a.scratch.data(), b.act_out.data(), w.down_w, w.down_b, F, C, l, BlockLinear::kMlpOut,
            b);
-    {
-      prof::Scope scope(prof::Op::kResidual);
-      ops::residual_forward_cpu(b.res2.data(), b.res1.data(), a.scratch.data(),
-                                static_cast<size_t>(BT) * C);
+    if (l + 1 < s.n_layer) {
+      BlockActs& next = a.blocks[l + 1];
+      residual_norm_forward(s, b.res2.data(), next.ln1_out.data(), next.ln1_mean.data(),
+                            next.ln1_rstd.data(), b.res1.data(), a.scratch.data(),
+                            p.layers[l + 1].norm1_w, p.layers[l + 1].norm1_b, BT, C);
+    } else {
+      residual_norm_forward(s, b.res2.data(), a.lnf_out.data(), a.lnf_mean.data(),
+                            a.lnf_rstd.data(), b.res1.data(), a.scratch.data(), p.normf_w,
+                            p.normf_b, BT, C);
     }
     x = b.res2.data();
   }
-  norm_forward(s, a.lnf_out.data(), a.lnf_mean.data(), a.lnf_rstd.data(), x, p.normf_w, p.normf_b,
-               BT, C);
   {
     prof::Scope scope(prof::Op::kHead);
     ops::lm_head_forward_cpu(a.logits.data(), a.lnf_out.data(), p.lm_head, BT, C, V);

@@ -15,6 +15,27 @@
 namespace lora::ops {
 namespace {
 constexpr int kColumnBlock = 32;
+
+// One row: mean, rstd and y of xi.
+inline void layernorm_row(float* yi, float* mean_i, float* rstd_i, const float* xi,
+                          const float* weight, const float* bias, int c) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < c; ++j) sum += xi[j];
+  const float m = sum / static_cast<float>(c);
+  float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+  for (int j = 0; j < c; ++j) {
+    const float d = xi[j] - m;
+    sq += d * d;
+  }
+  const float s = 1.0f / std::sqrt(sq / static_cast<float>(c) + kLayerNormEps);
+#pragma omp simd
+  for (int j = 0; j < c; ++j) yi[j] = (xi[j] - m) * s * weight[j] + bias[j];
+  *mean_i = m;
+  *rstd_i = s;
+}
+
 }  // namespace
 
 void layernorm_forward_cpu(float* y, float* mean, float* rstd, const float* x, const float* weight,
@@ -22,23 +43,23 @@ void layernorm_forward_cpu(float* y, float* mean, float* rstd, const float* x, c
   detail::check_layernorm_forward_args(y, mean, rstd, x, weight, bias, n, c);
 #pragma omp parallel for schedule(static) if (static_cast<long>(n) * c > 32768)
   for (int i = 0; i < n; ++i) {
-    const float* xi = x + static_cast<size_t>(i) * c;
-    float* yi = y + static_cast<size_t>(i) * c;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < c; ++j) sum += xi[j];
-    const float m = sum / static_cast<float>(c);
-    float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-    for (int j = 0; j < c; ++j) {
-      const float d = xi[j] - m;
-      sq += d * d;
-    }
-    const float s = 1.0f / std::sqrt(sq / static_cast<float>(c) + kLayerNormEps);
+    layernorm_row(y + static_cast<size_t>(i) * c, mean + i, rstd + i,
+                  x + static_cast<size_t>(i) * c, weight, bias, c);
+  }
+}
+
+void residual_layernorm_forward_cpu(float* x_out, float* y, float* mean, float* rstd, const float* a,
+                                    const float* b, const float* weight, const float* bias, int n,
+                                    int c) {
+  detail::check_layernorm_forward_args(y, mean, rstd, x_out, weight, bias, n, c);
+  LORA_CHECK(a != nullptr && b != nullptr, "a and b must not be null");
+#pragma omp parallel for schedule(static) if (static_cast<long>(n) * c > 32768)
+  for (int i = 0; i < n; ++i) {
+    const size_t off = static_cast<size_t>(i) * c;
+    float* xi = x_out + off;
 #pragma omp simd
-    for (int j = 0; j < c; ++j) yi[j] = (xi[j] - m) * s * weight[j] + bias[j];
-    mean[i] = m;
-    rstd[i] = s;
+    for (int j = 0; j < c; ++j) xi[j] = a[off + j] + b[off + j];
+    layernorm_row(y + off, mean + i, rstd + i, xi, weight, bias, c);
   }
 }
 

@@ -16,6 +16,12 @@ void layernorm_forward_cpu(float* y, float* mean, float* rstd, const float* x, c
                            const float* bias, int n, int c);
 void layernorm_backward_cpu(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
                             const float* weight, const float* mean, const float* rstd, int n, int c);
+// The residual add fused in front (CPU): x = a + b is written to x_out [n, c] (kept for backward)
+// and normalised while its row is in cache. The same bits as residual_forward_cpu then
+// layernorm_forward_cpu; x_out may alias a or b.
+void residual_layernorm_forward_cpu(float* x_out, float* y, float* mean, float* rstd, const float* a,
+                                    const float* b, const float* weight, const float* bias, int n,
+                                    int c);
 
 #ifdef LORA_WITH_CUDA
 void layernorm_forward_cuda(float* y, float* mean, float* rstd, const float* x, const float* weight,

@@ -18,6 +18,11 @@ void rmsnorm_forward_cpu(float* y, float* rstd, const float* x, const float* wei
                          int n, int c);
 void rmsnorm_backward_cpu(float* dx, float* dweight, const float* dy, const float* x,
                           const float* weight, const float* rstd, int n, int c);
+// The residual add fused in front (CPU): x = a + b is written to x_out [n, c] (kept for backward)
+// and normalised while its row is in cache. The same bits as residual_forward_cpu then
+// rmsnorm_forward_cpu; x_out may alias a or b.
+void residual_rmsnorm_forward_cpu(float* x_out, float* y, float* rstd, const float* a,
+                                  const float* b, const float* weight, float eps, int n, int c);
 
 #ifdef LORA_WITH_CUDA
 void rmsnorm_forward_cuda(float* y, float* rstd, const float* x, const float* weight, float eps,

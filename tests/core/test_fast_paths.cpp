@@ -6,7 +6,8 @@
 //     thread count must not change any sum);
 //   - the sgemm recorder sees every product with its shape;
 //   - GELU's sigmoid form equals the tanh formula;
-//   - cross-entropy backward from the forward's row statistics equals recomputing them.
+//   - cross-entropy backward from the forward's row statistics equals recomputing them;
+//   - the residual add fused into LayerNorm / RMSNorm equals the add followed by the norm.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -19,8 +20,11 @@
 #include "core/ops/attention.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/gelu.h"
+#include "core/ops/layernorm.h"
 #include "core/ops/lora.h"
 #include "core/ops/matmul.h"
+#include "core/ops/residual.h"
+#include "core/ops/rmsnorm.h"
 #include "core/ops/sgemm.h"
 #include "core/ops/swiglu.h"
 #include "core/rng.h"
@@ -205,6 +209,28 @@ TEST(FastPaths, CrossEntropyBackwardFromForwardStatsIsTheSame) {
   EXPECT_THROW(cross_entropy_backward_cpu(plain.data(), logits.data(), targets.data(), 0.3f, n,
                                           vocab, row_max.data(), nullptr),
                lora::Error);
+}
+
+TEST(FastPaths, ResidualFusedIntoTheNormEqualsAddThenNorm) {
+  const int n = 300, c = 96;  // above the OpenMP threshold
+  const std::vector<float> a = randn(size_t(n) * c, 60, 2.0f), b = randn(size_t(n) * c, 61),
+                           w = randn(c, 62), bias = randn(c, 63);
+  std::vector<float> sum(a.size()), y(a.size()), mean(n), rstd(n);
+  residual_forward_cpu(sum.data(), a.data(), b.data(), sum.size());
+  layernorm_forward_cpu(y.data(), mean.data(), rstd.data(), sum.data(), w.data(), bias.data(), n, c);
+  std::vector<float> fsum = a, fy(a.size()), fmean(n), frstd(n);  // x_out aliases a
+  residual_layernorm_forward_cpu(fsum.data(), fy.data(), fmean.data(), frstd.data(), fsum.data(),
+                                 b.data(), w.data(), bias.data(), n, c);
+  EXPECT_TRUE(same_bits(sum, fsum) && same_bits(y, fy) && same_bits(mean, fmean) &&
+              same_bits(rstd, frstd))
+      << "layernorm";
+
+  std::vector<float> ry(a.size()), rr(n);
+  rmsnorm_forward_cpu(ry.data(), rr.data(), sum.data(), w.data(), 1e-6f, n, c);
+  std::vector<float> rsum(a.size()), fry(a.size()), frr(n);
+  residual_rmsnorm_forward_cpu(rsum.data(), fry.data(), frr.data(), a.data(), b.data(), w.data(),
+                               1e-6f, n, c);
+  EXPECT_TRUE(same_bits(sum, rsum) && same_bits(ry, fry) && same_bits(rr, frr)) << "rmsnorm";
 }
 
 }  // namespace

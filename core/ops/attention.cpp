@@ -12,8 +12,8 @@
 // With at least as many (batch, head) pairs as threads, the pairs run in parallel (OpenMP), each
 // pair's products single-threaded (the OpenMP OpenBLAS runs one thread inside a parallel region):
 // many small products keep every thread busy, where threading each small product would not.
-// Otherwise the pairs run one after another, the products on OpenBLAS's threads and the softmax
-// rows in parallel. Backward runs in parallel over (batch, key/value head), so the query heads that
+// Otherwise (and with the pthreads OpenBLAS: sgemm_nests_in_openmp) the pairs run one after
+// another, the products on OpenBLAS's threads and the softmax rows in parallel. Backward runs in parallel over (batch, key/value head), so the query heads that
 // share a key/value head (grouped-query attention) add into its dK and dV on one thread.
 #include "core/ops/attention.h"
 
@@ -44,7 +44,8 @@ void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch
   const int ld = (n_head + 2 * n_kv_head) * hs;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const int pairs = n_batch * n_head;
-  const bool parallel_pairs = pairs >= omp_get_max_threads() && omp_get_max_threads() > 1;
+  const bool parallel_pairs =
+      pairs >= omp_get_max_threads() && omp_get_max_threads() > 1 && sgemm_nests_in_openmp();
 #pragma omp parallel for schedule(dynamic) if (parallel_pairs)
   for (int bh = 0; bh < pairs; ++bh) {
     const int b = bh / n_head, h = bh % n_head;
@@ -96,7 +97,7 @@ void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, co
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const int pairs = n_batch * n_kv_head;
   const int threads = omp_get_max_threads();
-  const bool parallel_pairs = pairs >= threads && threads > 1;
+  const bool parallel_pairs = pairs >= threads && threads > 1 && sgemm_nests_in_openmp();
   // dP, then dS, in place: one T x T scratch per thread.
   std::vector<float> scratch(static_cast<size_t>(parallel_pairs ? threads : 1) * T * T);
 #pragma omp parallel for schedule(dynamic) if (parallel_pairs)

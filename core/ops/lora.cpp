@@ -8,7 +8,8 @@
 // The products are skinny (one side is r wide), which OpenBLAS threads poorly. With more than one
 // thread each product is split into independent slices instead, one per OpenMP thread, each slice
 // a single-threaded sgemm: rows of n for h, y, dh and dx; columns of dB; rows of dA (d_in). No
-// slice reduces over another's output, so the result does not depend on the thread count.
+// slice reduces over another's output, so the result does not depend on the thread count. With the
+// pthreads OpenBLAS (sgemm_nests_in_openmp false) each product is one threaded sgemm instead.
 #include "core/ops/lora.h"
 
 #include <omp.h>
@@ -28,7 +29,9 @@ inline void slice(int n, int parts, int part, int align, int& begin, int& end) {
   end = std::min(n, static_cast<int>(static_cast<long>(units) * (part + 1) / parts) * align);
 }
 
-inline bool split_threads() { return omp_get_max_threads() > 1 && !omp_in_parallel(); }
+inline bool split_threads() {
+  return omp_get_max_threads() > 1 && !omp_in_parallel() && sgemm_nests_in_openmp();
+}
 
 }  // namespace
 

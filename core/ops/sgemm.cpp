@@ -25,6 +25,11 @@ void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const f
               trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+bool sgemm_nests_in_openmp() {
+  static const bool nests = openblas_get_parallel() != 1;  // 0 sequential, 1 pthreads, 2 OpenMP
+  return nests;
+}
+
 void set_sgemm_recorder(std::function<void(const SgemmShape&)> recorder) {
   std::lock_guard<std::mutex> lock(g_mutex);
   g_recording.store(static_cast<bool>(recorder), std::memory_order_relaxed);

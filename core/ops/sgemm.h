@@ -18,6 +18,12 @@ struct SgemmShape {
 void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
            const float* b, int ldb, float beta, float* c, int ldc);
 
+// True when sgemm may be called from inside an OpenMP parallel region, each call then running on
+// its calling thread: the OpenMP (or sequential) OpenBLAS. With the pthreads build each call would
+// start its own threads on top of OpenMP's, so the ops that slice work over OpenMP threads fall
+// back to one threaded sgemm per product.
+bool sgemm_nests_in_openmp();
+
 // Installs (or, with an empty function, removes) the shape recorder. Calls may come from several
 // OpenMP threads at once; the recorder is called under a lock.
 void set_sgemm_recorder(std::function<void(const SgemmShape&)> recorder);

@@ -21,8 +21,6 @@ const char* op_name(Op op) {
       return "norm";
     case Op::kActivation:
       return "activation";
-    case Op::kResidual:
-      return "residual";
     case Op::kHead:
       return "lm_head";
     case Op::kLoss:

@@ -12,9 +12,8 @@ enum class Op {
   kLinear,      // base products of the linears (and their bias)
   kLora,        // the rank-r adapter products
   kAttention,   // QK^T, softmax, PV and their backward
-  kNorm,        // LayerNorm / RMSNorm (with the residual add where fused)
+  kNorm,        // LayerNorm / RMSNorm, most with the residual add before them fused in
   kActivation,  // GELU / SwiGLU
-  kResidual,    // residual adds not fused into a norm
   kHead,        // LM head product
   kLoss,        // softmax cross-entropy
   kRope,

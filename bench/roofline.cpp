@@ -88,6 +88,7 @@ struct Key {
 
 struct Recorded {
   long calls = 0;
+  double in_step_s = 0.0;  // summed wall time of these calls inside the profiled step
   std::map<prof::Op, long> calls_by_op;
 };
 
@@ -160,9 +161,10 @@ int main(int argc, char** argv) {
 
   // One profiled step: time per op class, and the sgemm calls it makes.
   std::map<Key, Recorded> recorded;
-  ops::set_sgemm_recorder([&recorded](const ops::SgemmShape& s) {
+  ops::set_sgemm_recorder([&recorded](const ops::SgemmShape& s, double seconds) {
     Recorded& r = recorded[Key{s}];
     ++r.calls;
+    r.in_step_s += seconds;
     ++r.calls_by_op[prof::current()];
   });
   prof::reset();
@@ -179,8 +181,15 @@ int main(int argc, char** argv) {
   std::vector<double> blas_s(kOps, 0.0);
   double blas_total_s = 0.0, blas_flops = 0.0;
   long n_calls = 0;
+  struct ShapeRow {
+    const Key* key;
+    const Recorded* rec;
+    double alone_s;
+  };
+  std::vector<ShapeRow> shape_rows;
   for (const auto& [key, rec] : recorded) {
     const double t = time_sgemm(key.s);
+    shape_rows.push_back({&key, &rec, t * rec.calls});
     blas_total_s += t * rec.calls;
     blas_flops += 2.0 * key.s.m * key.s.n * key.s.k * rec.calls;
     n_calls += rec.calls;
@@ -220,6 +229,23 @@ int main(int argc, char** argv) {
   // Nested scopes (dropout inside lora) are counted in both; the rest is bookkeeping.
   std::printf("  %-11s %9.2f %6.1f%%\n", "unscoped", (profiled_s - accounted) * 1e3,
               100.0 * (profiled_s - accounted) / profiled_s);
+
+  // The products that lost most against the BLAS alone (with several threads the in-step time is
+  // summed over the threads that ran calls concurrently, so read it at 1 thread).
+  std::sort(shape_rows.begin(), shape_rows.end(), [](const ShapeRow& a, const ShapeRow& b) {
+    return a.rec->in_step_s - a.alone_s > b.rec->in_step_s - b.alone_s;
+  });
+  std::printf("\nproducts by time lost in the step against sgemm alone (top 8 of %zu shapes):\n",
+              shape_rows.size());
+  std::printf("  %-4s %6s %6s %6s %6s %6s %6s %5s %6s %10s %10s\n", "op", "m", "n", "k", "lda", "ldb",
+              "ldc", "beta", "calls", "step ms", "alone ms");
+  for (size_t i = 0; i < std::min<size_t>(8, shape_rows.size()); ++i) {
+    const ops::SgemmShape& k = shape_rows[i].key->s;
+    std::printf("  %c%c   %6d %6d %6d %6d %6d %6d %5s %6ld %10.2f %10.2f\n", k.trans_a ? 'T' : 'N',
+                k.trans_b ? 'T' : 'N', k.m, k.n, k.k, k.lda, k.ldb, k.ldc, k.beta_zero ? "0" : "1",
+                shape_rows[i].rec->calls, shape_rows[i].rec->in_step_s * 1e3,
+                shape_rows[i].alone_s * 1e3);
+  }
 
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);

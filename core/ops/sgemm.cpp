@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <utility>
 
@@ -11,18 +12,26 @@ namespace {
 
 std::atomic<bool> g_recording{false};
 std::mutex g_mutex;
-std::function<void(const SgemmShape&)> g_recorder;
+std::function<void(const SgemmShape&, double)> g_recorder;
 
 }  // namespace
 
 void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
            const float* b, int ldb, float beta, float* c, int ldc) {
-  if (g_recording.load(std::memory_order_relaxed)) {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    if (g_recorder) g_recorder({trans_a, trans_b, m, n, k, lda, ldb, ldc, beta == 0.0f});
+  auto call = [&] {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  };
+  if (!g_recording.load(std::memory_order_relaxed)) {
+    call();
+    return;
   }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  const auto t0 = std::chrono::steady_clock::now();
+  call();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_recorder) g_recorder({trans_a, trans_b, m, n, k, lda, ldb, ldc, beta == 0.0f}, seconds);
 }
 
 bool sgemm_nests_in_openmp() {
@@ -30,7 +39,7 @@ bool sgemm_nests_in_openmp() {
   return nests;
 }
 
-void set_sgemm_recorder(std::function<void(const SgemmShape&)> recorder) {
+void set_sgemm_recorder(std::function<void(const SgemmShape&, double)> recorder) {
   std::lock_guard<std::mutex> lock(g_mutex);
   g_recording.store(static_cast<bool>(recorder), std::memory_order_relaxed);
   g_recorder = std::move(recorder);

@@ -1,7 +1,8 @@
 // Row-major single-precision GEMM, the one entry to the BLAS for the CPU ops:
 //   C[m, n] = alpha op(A) op(B) + beta C,  op(X) = X or X^T
 // with OpenBLAS underneath. When a recorder is installed (bench/roofline), every call's shape
-// is reported to it first, so a benchmark can time the BLAS on exactly the products a step runs.
+// and its wall time are reported to it after the call, so a benchmark can time the BLAS alone on
+// exactly the products a step runs and compare, shape by shape, with the time they took in it.
 #pragma once
 
 #include <functional>
@@ -24,8 +25,8 @@ void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const f
 // back to one threaded sgemm per product.
 bool sgemm_nests_in_openmp();
 
-// Installs (or, with an empty function, removes) the shape recorder. Calls may come from several
-// OpenMP threads at once; the recorder is called under a lock.
-void set_sgemm_recorder(std::function<void(const SgemmShape&)> recorder);
+// Installs (or, with an empty function, removes) the recorder: shape and seconds of each call.
+// Calls may come from several OpenMP threads at once; the recorder is called under a lock.
+void set_sgemm_recorder(std::function<void(const SgemmShape&, double seconds)> recorder);
 
 }  // namespace lora::ops

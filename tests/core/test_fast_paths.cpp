@@ -158,7 +158,10 @@ TEST(FastPaths, AttentionPairsGiveTheSameBitsAtAnyThreadCount) {
 
 TEST(FastPaths, SgemmRecorderSeesEveryProduct) {
   std::vector<SgemmShape> seen;
-  set_sgemm_recorder([&](const SgemmShape& s) { seen.push_back(s); });
+  set_sgemm_recorder([&](const SgemmShape& s, double seconds) {
+    EXPECT_GE(seconds, 0.0);
+    seen.push_back(s);
+  });
   const int n = 6, d_in = 5, d_out = 7;
   const std::vector<float> x = randn(size_t(n) * d_in, 40), w = randn(size_t(d_out) * d_in, 41);
   std::vector<float> y(size_t(n) * d_out);

@@ -80,7 +80,8 @@ struct Key {
   ops::SgemmShape s;
   bool operator<(const Key& o) const {
     auto t = [](const ops::SgemmShape& x) {
-      return std::tie(x.trans_a, x.trans_b, x.m, x.n, x.k, x.lda, x.ldb, x.ldc, x.beta_zero);
+      return std::tie(x.trans_a, x.trans_b, x.m, x.n, x.k, x.lda, x.ldb, x.ldc, x.beta_zero,
+                      x.own_kernel);
     };
     return t(s) < t(o.s);
   }
@@ -180,6 +181,7 @@ int main(int argc, char** argv) {
   constexpr int kOps = static_cast<int>(prof::Op::kCount) + 1;  // + "outside any scope"
   std::vector<double> blas_s(kOps, 0.0);
   double blas_total_s = 0.0, blas_flops = 0.0;
+  double large_s = 0.0, large_flops = 0.0;  // the base linears' and LM head's products only
   long n_calls = 0;
   struct ShapeRow {
     const Key* key;
@@ -193,11 +195,18 @@ int main(int argc, char** argv) {
     blas_total_s += t * rec.calls;
     blas_flops += 2.0 * key.s.m * key.s.n * key.s.k * rec.calls;
     n_calls += rec.calls;
-    for (const auto& [op, n] : rec.calls_by_op) blas_s[static_cast<int>(op)] += t * n;
+    for (const auto& [op, n] : rec.calls_by_op) {
+      blas_s[static_cast<int>(op)] += t * n;
+      if (op == prof::Op::kLinear || op == prof::Op::kHead) {
+        large_s += t * n;
+        large_flops += 2.0 * key.s.m * key.s.n * key.s.k * n;
+      }
+    }
   }
   const double flops = step_flops(model, B, T);
   const double achieved = flops / step_s, sgemm_rate = blas_flops / blas_total_s;
   const double fraction = achieved / sgemm_rate;
+  const double large_rate = large_s > 0.0 ? large_flops / large_s : 0.0;
 
   const ModelSpec& sh = args.shape;
   std::printf(
@@ -214,7 +223,11 @@ int main(int argc, char** argv) {
       "sgemm alone on the step's %ld products (%zu shapes, %.3f GFLOP): %.2f ms -> "
       "%.1f GFLOP/s\n",
       n_calls, recorded.size(), blas_flops * 1e-9, blas_total_s * 1e3, sgemm_rate * 1e-9);
-  std::printf("fraction of sgemm FLOP/s: %.3f\n\n", fraction);
+  std::printf("fraction of sgemm FLOP/s: %.3f\n", fraction);
+  std::printf(
+      "sgemm alone on the base linears' and LM head's products only: %.1f GFLOP/s; fraction of "
+      "that: %.3f\n\n",
+      large_rate * 1e-9, achieved / large_rate);
   std::printf("profiled step %.2f ms, by op class (sgemm-alone time of the class's products):\n",
               profiled_s * 1e3);
   std::printf("  %-11s %9s %7s %11s %7s\n", "class", "ms", "share", "sgemm ms", "calls");
@@ -239,10 +252,11 @@ int main(int argc, char** argv) {
               shape_rows.size());
   std::printf("  %-4s %6s %6s %6s %6s %6s %6s %5s %6s %10s %10s\n", "op", "m", "n", "k", "lda", "ldb",
               "ldc", "beta", "calls", "step ms", "alone ms");
+  std::printf("  (op marked * : computed in the step by small_sgemm; alone ms is still the BLAS)\n");
   for (size_t i = 0; i < std::min<size_t>(8, shape_rows.size()); ++i) {
     const ops::SgemmShape& k = shape_rows[i].key->s;
-    std::printf("  %c%c   %6d %6d %6d %6d %6d %6d %5s %6ld %10.2f %10.2f\n", k.trans_a ? 'T' : 'N',
-                k.trans_b ? 'T' : 'N', k.m, k.n, k.k, k.lda, k.ldb, k.ldc, k.beta_zero ? "0" : "1",
+    std::printf("  %c%c%c  %6d %6d %6d %6d %6d %6d %5s %6ld %10.2f %10.2f\n", k.trans_a ? 'T' : 'N',
+                k.trans_b ? 'T' : 'N', k.own_kernel ? '*' : ' ', k.m, k.n, k.k, k.lda, k.ldb, k.ldc, k.beta_zero ? "0" : "1",
                 shape_rows[i].rec->calls, shape_rows[i].rec->in_step_s * 1e3,
                 shape_rows[i].alone_s * 1e3);
   }
@@ -254,10 +268,11 @@ int main(int argc, char** argv) {
       "\"seq\": %d, \"batch\": %d, \"mode\": \"%s\", \"rank\": %d, \"targets\": \"%s\", "
       "\"threads\": %d, \"blas_core\": \"%s\", \"step_s\": %.5f, \"tokens_per_s\": %.1f, "
       "\"gflop_per_step\": %.4f, \"achieved_gflops\": %.2f, \"sgemm_gflops\": %.2f, "
-      "\"fraction\": %.4f, \"peak_rss_mib\": %.1f}\n",
+      "\"fraction\": %.4f, \"large_sgemm_gflops\": %.2f, \"fraction_of_large\": %.4f, "
+      "\"peak_rss_mib\": %.1f}\n",
       args.arch.c_str(), sh.n_layer, sh.d_model, sh.vocab_size, T, B, args.mode.c_str(),
       args.lora.rank, args.targets.c_str(), args.threads, openblas_get_corename(), step_s,
       B * T / step_s, flops * 1e-9, achieved * 1e-9, sgemm_rate * 1e-9, fraction,
-      ru.ru_maxrss / 1024.0);
+      large_rate * 1e-9, achieved / large_rate, ru.ru_maxrss / 1024.0);
   return 0;
 }

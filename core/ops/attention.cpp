@@ -1,6 +1,8 @@
-// Causal multi-head self-attention on the CPU, one (batch, head) pair at a time, its products as
-// OpenBLAS sgemm calls on row blocks of kBlock queries so that blocks above the causal diagonal
-// are never computed (about half the work is skipped for long sequences).
+// Causal multi-head self-attention on the CPU, one (batch, head) pair at a time, each product
+// over the whole sequence by small_sgemm (core/ops/small_gemm.h: register tiles on the calling
+// thread, none of the BLAS's per-call cost) in its causal modes, so that only the 6 x 16 tiles
+// that reach the diagonal are computed: about half of each T x T product is skipped, to within
+// one tile.
 //   forward, per (b, h), hs = head_dim, q/k/v read in place from qkv [B, T, (NH + 2 NKV) hs]
 //   (query head h reads key/value head h / (NH / NKV)):
 //     S = Q K^T / sqrt(hs)   (rows t, keys u <= t)
@@ -9,12 +11,14 @@
 //   backward, with dO = dout[b, :, head h] (accumulates into dqkv):
 //     dV += P^T dO;   dP = dO V^T;   dS = P * (dP - rowsum(P * dP)) / sqrt(hs)
 //     dQ += dS K;     dK += dS^T Q
+// P and dS hold exact zeros above the diagonal, so the products that sum over keys stop at each
+// tile's diagonal (and those over queries start there) with the values of the full products.
 // With at least as many (batch, head) pairs as threads, the pairs run in parallel (OpenMP), each
-// pair's products single-threaded (the OpenMP OpenBLAS runs one thread inside a parallel region):
-// many small products keep every thread busy, where threading each small product would not.
-// Otherwise (and with the pthreads OpenBLAS: sgemm_nests_in_openmp) the pairs run one after
-// another, the products on OpenBLAS's threads and the softmax rows in parallel. Backward runs in parallel over (batch, key/value head), so the query heads that
-// share a key/value head (grouped-query attention) add into its dK and dV on one thread.
+// on one thread: many small products keep every thread busy, where threading each small product
+// would not. Otherwise the pairs run one after another with the softmax rows in parallel.
+// Backward runs in parallel over (batch, key/value head), so the query heads that share a
+// key/value head (grouped-query attention) add into its dK and dV on one thread. Every value is
+// computed by one thread in a fixed order: the same bits at any thread count.
 #include "core/ops/attention.h"
 
 #include <omp.h>
@@ -24,18 +28,10 @@
 #include <cstddef>
 #include <vector>
 
-#include "core/ops/sgemm.h"
+#include "core/ops/small_gemm.h"
 #include "core/ops/vec_math.h"
 
 namespace lora::ops {
-namespace {
-
-constexpr int kBlock = 64;  // queries per block
-
-// Keys visible to the query block starting at row r0: [0, min(T, r0 + kBlock)).
-inline int keys_for_block(int r0, int T) { return std::min(T, r0 + kBlock); }
-
-}  // namespace
 
 void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch, int n_seq,
                            int n_head, int n_kv_head, int head_dim) {
@@ -44,8 +40,7 @@ void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch
   const int ld = (n_head + 2 * n_kv_head) * hs;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const int pairs = n_batch * n_head;
-  const bool parallel_pairs =
-      pairs >= omp_get_max_threads() && omp_get_max_threads() > 1 && sgemm_nests_in_openmp();
+  const bool parallel_pairs = pairs >= omp_get_max_threads() && omp_get_max_threads() > 1;
 #pragma omp parallel for schedule(dynamic) if (parallel_pairs)
   for (int bh = 0; bh < pairs; ++bh) {
     const int b = bh / n_head, h = bh % n_head;
@@ -56,11 +51,7 @@ void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch
     const float* v = row0 + static_cast<size_t>(n_head + n_kv_head + kvh) * hs;
     float* p = att + (static_cast<size_t>(b) * n_head + h) * T * T;
     float* o = out + static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;
-    for (int r0 = 0; r0 < T; r0 += kBlock) {
-      const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
-      sgemm(false, true, rows, keys, hs, scale, q + static_cast<size_t>(r0) * ld, ld, k, ld, 0.0f,
-            p + static_cast<size_t>(r0) * T, T);
-    }
+    small_sgemm(false, true, T, T, hs, scale, q, ld, k, ld, 0.0f, p, T, Causal::kOutputLower);
 #pragma omp parallel for schedule(static) if (!parallel_pairs && T >= 256)
     for (int t = 0; t < T; ++t) {
       float* s = p + static_cast<size_t>(t) * T;
@@ -80,11 +71,7 @@ void attention_forward_cpu(float* out, float* att, const float* qkv, int n_batch
       for (int u = 0; u < n; ++u) s[u] *= inv;
       std::fill(s + n, s + T, 0.0f);
     }
-    for (int r0 = 0; r0 < T; r0 += kBlock) {
-      const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
-      sgemm(false, false, rows, hs, keys, 1.0f, p + static_cast<size_t>(r0) * T, T, v, ld, 0.0f,
-            o + static_cast<size_t>(r0) * C, C);
-    }
+    small_sgemm(false, false, T, hs, T, 1.0f, p, T, v, ld, 0.0f, o, C, Causal::kInnerUpToRow);
   }
 }
 
@@ -97,7 +84,7 @@ void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, co
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   const int pairs = n_batch * n_kv_head;
   const int threads = omp_get_max_threads();
-  const bool parallel_pairs = pairs >= threads && threads > 1 && sgemm_nests_in_openmp();
+  const bool parallel_pairs = pairs >= threads && threads > 1;
   // dP, then dS, in place: one T x T scratch per thread.
   std::vector<float> scratch(static_cast<size_t>(parallel_pairs ? threads : 1) * T * T);
 #pragma omp parallel for schedule(dynamic) if (parallel_pairs)
@@ -118,15 +105,9 @@ void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, co
       float* dv = dqkv + row0 + v_col;
       const float* p = att + (static_cast<size_t>(b) * n_head + h) * T * T;
       const float* g = dout + static_cast<size_t>(b) * T * C + static_cast<size_t>(h) * hs;
-      for (int r0 = 0; r0 < T; r0 += kBlock) {
-        const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
-        // dV[0:keys] += P[r0 block, 0:keys]^T dO[r0 block]
-        sgemm(true, false, keys, hs, rows, 1.0f, p + static_cast<size_t>(r0) * T, T,
-              g + static_cast<size_t>(r0) * C, C, 1.0f, dv, ld);
-        // dP[r0 block, 0:keys] = dO[r0 block] V[0:keys]^T
-        sgemm(false, true, rows, keys, hs, 1.0f, g + static_cast<size_t>(r0) * C, C, v, ld, 0.0f,
-              ds + static_cast<size_t>(r0) * T, T);
-      }
+      // dV += P^T dO (P^T(u, t) = 0 for t < u);  dP = dO V^T (wanted for u <= t)
+      small_sgemm(true, false, T, hs, T, 1.0f, p, T, g, C, 1.0f, dv, ld, Causal::kInnerFromRow);
+      small_sgemm(false, true, T, T, hs, 1.0f, g, C, v, ld, 0.0f, ds, T, Causal::kOutputLower);
 #pragma omp parallel for schedule(static) if (!parallel_pairs && T >= 256)
       for (int t = 0; t < T; ++t) {
         const float* pt = p + static_cast<size_t>(t) * T;
@@ -137,18 +118,12 @@ void attention_backward_cpu(float* dqkv, const float* dout, const float* qkv, co
         for (int u = 0; u < n; ++u) dot += pt[u] * dst[u];
 #pragma omp simd
         for (int u = 0; u < n; ++u) dst[u] = pt[u] * (dst[u] - dot) * scale;
-        // Above the diagonal dS is 0: clear what the block product wrote there.
-        std::fill(dst + n, dst + keys_for_block(t - t % kBlock, T), 0.0f);
+        // Above the diagonal dS is 0 (the products below read it up to their tiles' edges).
+        std::fill(dst + n, dst + T, 0.0f);
       }
-      for (int r0 = 0; r0 < T; r0 += kBlock) {
-        const int rows = std::min(kBlock, T - r0), keys = keys_for_block(r0, T);
-        // dQ[r0 block] += dS[r0 block, 0:keys] K[0:keys]
-        sgemm(false, false, rows, hs, keys, 1.0f, ds + static_cast<size_t>(r0) * T, T, k, ld, 1.0f,
-              dq + static_cast<size_t>(r0) * ld, ld);
-        // dK[0:keys] += dS[r0 block, 0:keys]^T Q[r0 block]
-        sgemm(true, false, keys, hs, rows, 1.0f, ds + static_cast<size_t>(r0) * T, T,
-              q + static_cast<size_t>(r0) * ld, ld, 1.0f, dk, ld);
-      }
+      // dQ += dS K (dS(t, u) = 0 for u > t);  dK += dS^T Q (dS^T(u, t) = 0 for t < u)
+      small_sgemm(false, false, T, hs, T, 1.0f, ds, T, k, ld, 1.0f, dq, ld, Causal::kInnerUpToRow);
+      small_sgemm(true, false, T, hs, T, 1.0f, ds, T, q, ld, 1.0f, dk, ld, Causal::kInnerFromRow);
     }
   }
 }

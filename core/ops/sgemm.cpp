@@ -22,7 +22,7 @@ void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const f
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   };
-  if (!g_recording.load(std::memory_order_relaxed)) {
+  if (!detail::sgemm_recording()) {
     call();
     return;
   }
@@ -30,9 +30,19 @@ void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const f
   call();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::lock_guard<std::mutex> lock(g_mutex);
-  if (g_recorder) g_recorder({trans_a, trans_b, m, n, k, lda, ldb, ldc, beta == 0.0f}, seconds);
+  detail::record_sgemm({trans_a, trans_b, m, n, k, lda, ldb, ldc, beta == 0.0f, false}, seconds);
 }
+
+namespace detail {
+
+bool sgemm_recording() { return g_recording.load(std::memory_order_relaxed); }
+
+void record_sgemm(const SgemmShape& shape, double seconds) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_recorder) g_recorder(shape, seconds);
+}
+
+}  // namespace detail
 
 bool sgemm_nests_in_openmp() {
   static const bool nests = openblas_get_parallel() != 1;  // 0 sequential, 1 pthreads, 2 OpenMP

@@ -13,7 +13,8 @@ struct SgemmShape {
   bool trans_a = false, trans_b = false;
   int m = 0, n = 0, k = 0;
   int lda = 0, ldb = 0, ldc = 0;
-  bool beta_zero = false;  // beta == 0: C is written, not read
+  bool beta_zero = false;   // beta == 0: C is written, not read
+  bool own_kernel = false;  // computed by small_sgemm (core/ops/small_gemm.h), not the BLAS
 };
 
 void sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
@@ -28,5 +29,11 @@ bool sgemm_nests_in_openmp();
 // Installs (or, with an empty function, removes) the recorder: shape and seconds of each call.
 // Calls may come from several OpenMP threads at once; the recorder is called under a lock.
 void set_sgemm_recorder(std::function<void(const SgemmShape&, double seconds)> recorder);
+
+namespace detail {
+// For the other GEMM entries (small_sgemm): whether a recorder is installed, and reporting a call.
+bool sgemm_recording();
+void record_sgemm(const SgemmShape& shape, double seconds);
+}  // namespace detail
 
 }  // namespace lora::ops

@@ -2,7 +2,8 @@
 # The CPU step against its two yardsticks, side by side in one run: the BLAS's own sgemm FLOP/s on
 # the step's products (bench/roofline: the fraction) and PyTorch eager with the same LoRA and the
 # same OpenBLAS build (the OpenMP one lora links, put first on LD_LIBRARY_PATH for the peer), on
-# the three shapes of docs/benchmarks.md, at 1 and 2 threads. Runs alternate lora / peer so that
+# the three shapes of docs/benchmarks.md, at 1 and 2 threads; also the fraction of the stricter
+# rate sgemm reaches on the base linears' and LM head's products alone. Runs alternate lora / peer so that
 # machine noise hits both alike; the table gives medians. Run from the repository root after
 # scripts/build.sh (and scripts/setup.sh for the Llama peer's .venv).
 #
@@ -30,8 +31,8 @@ peer_llama="env LD_LIBRARY_PATH=$openmp_blas .venv/bin/python bench/hf_peer.py $
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ); cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores;" \
      "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}; median of $repeats alternating runs"
 echo
-echo "| shape | threads | step ms | achieved GFLOP/s | sgemm GFLOP/s | fraction (runs) | lora tok/s | PyTorch tok/s | ratio | lora RSS MiB | PyTorch RSS MiB |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| shape | threads | step ms | achieved GFLOP/s | sgemm GFLOP/s | fraction (runs) | fraction of linears' sgemm | lora tok/s | PyTorch tok/s | ratio | lora RSS MiB | PyTorch RSS MiB |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for shape in small gpt2 llama; do
   args=${!shape}
   peer_var=peer_$shape
@@ -44,10 +45,11 @@ for shape in small gpt2 llama; do
     done
     get() { local k=$1; shift; for j in "$@"; do field "$k" "$j"; done; }
     mo=$(median $(get tokens_per_s "${ours[@]}")); mp=$(median $(get tokens_per_s "${peer[@]}"))
-    printf '| %s | %d | %.1f | %.1f | %.1f | %.3f (%s) | %.0f | %.0f | %.2fx | %.0f | %.0f |\n' \
+    printf '| %s | %d | %.1f | %.1f | %.1f | %.3f (%s) | %.3f | %.0f | %.0f | %.2fx | %.0f | %.0f |\n' \
       "$shape" "$threads" "$(/usr/bin/python3 -c "print(1000 * $(median $(get step_s "${ours[@]}")))")" \
       "$(median $(get achieved_gflops "${ours[@]}"))" "$(median $(get sgemm_gflops "${ours[@]}"))" \
       "$(median $(get fraction "${ours[@]}"))" "$(get fraction "${ours[@]}" | cut -c1-5 | paste -sd/)" \
+      "$(median $(get fraction_of_large "${ours[@]}"))" \
       "$mo" "$mp" "$(/usr/bin/python3 -c "print($mo / $mp)")" \
       "$(median $(get peak_rss_mib "${ours[@]}"))" "$(median $(get peak_rss_mib "${peer[@]}"))"
   done

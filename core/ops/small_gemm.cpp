@@ -63,6 +63,13 @@ void pack_panel(float* dst, const float* b, int ldb, bool trans_b, int k, int j0
 template <int R>
 void tile(const float* a, int lda, bool trans_a, const float* panel, int p0, int p1, float alpha,
           float beta, float* c, int ldc, int i0, int j0, int cols) {
+  // C's rows are usually far apart (a head's columns of a wider matrix) and not in cache: ask for
+  // them now so that the loads and stores after the sum do not wait.
+  for (int r = 0; r < R; ++r) {
+    const float* ci = c + static_cast<size_t>(i0 + r) * ldc + j0;
+    __builtin_prefetch(ci, 1);
+    __builtin_prefetch(ci + kNr - 1, 1);
+  }
   v8 acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = v8{};
   if (!trans_a) {

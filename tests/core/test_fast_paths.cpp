@@ -131,7 +131,8 @@ TEST(FastPaths, LoraSlicesGiveTheSameBitsAtAnyThreadCount) {
 }
 
 TEST(FastPaths, AttentionPairsGiveTheSameBitsAtAnyThreadCount) {
-  // Grouped-query (4 query heads on 2 key/value heads), a sequence longer than one query block.
+  // Grouped-query (4 query heads on 2 key/value heads), a sequence of many 6 x 16 tiles, not a
+  // multiple of the 16-column panels.
   const int B = 3, T = 150, NH = 4, NKV = 2, hs = 8, ld = (NH + 2 * NKV) * hs, C = NH * hs;
   const std::vector<float> qkv = randn(size_t(B) * T * ld, 30), dout = randn(size_t(B) * T * C, 31);
   struct Out {

@@ -2,11 +2,12 @@
 // per-head blocks), on the calling thread:
 //   C[m, n] = alpha op(A) op(B) + beta C,  row-major, op(X) = X or X^T  (the sgemm contract;
 //   beta == 0 writes C without reading it)
-// For products of a few MFLOP the BLAS spends a large share of each call outside its kernel
-// (argument handling, a separate pass over C for beta, packing both operands into fresh
-// buffers); here B is packed once into 16-column panels and each 6 x 16 tile of C is summed in
-// registers, over k in order, so every element's value is the same whatever the tile it falls
-// in and whichever thread computes it.
+// A BLAS call carries fixed costs that weigh on products of a few MFLOP (argument handling, a
+// separate pass over C for beta, packing both operands into fresh buffers), and it cannot skip
+// the half of a causal product past the diagonal. Here each 16-column panel of op(B) is packed
+// once per call, each 6 x 16 tile of C is summed in registers over k in order (every element's
+// value is the same whatever tile it falls in and whichever thread computes it), and the causal
+// modes below skip what the diagonal makes zero or unwanted.
 //
 // Calls are reported to the sgemm recorder (core/ops/sgemm.h) with own_kernel set, so
 // bench/roofline can time the BLAS alone on the same products.
